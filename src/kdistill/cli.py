@@ -1,0 +1,129 @@
+"""The ``kdistill`` command: subcommands that call the pipeline; user errors become one line + exit 2."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .errors import KdistillError
+
+EXAMPLES = """examples:
+  kdistill run                                   # the spec's experiment (preset seed)
+  kdistill run --out runs/demo student.epochs=3  # override any config key
+  kdistill run --config my.yaml distill.loss=hinton distill.temperature=4 distill.alpha=0.9
+  kdistill data fetch mnist
+  kdistill presets | kdistill models | kdistill losses
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="kdistill", description="Knowledge distillation, measured.",
+                                epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    r = sub.add_parser("run", help="train teacher, distilled student and control; measure; report",
+                       epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    src = r.add_mutually_exclusive_group()
+    src.add_argument("--preset", help="named recipe (see `kdistill presets`); default seed")
+    src.add_argument("--config", type=Path, help="YAML config file")
+    r.add_argument("--out", type=Path, help="run directory (default runs/<preset>-<timestamp>)")
+    r.add_argument("--data-root", help="where datasets live (same as data.root)")
+    r.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    r.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. seed=1")
+    r.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+
+    d = sub.add_parser("data", help="fetch datasets and show where they came from")
+    dsub = d.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+    f = dsub.add_parser("fetch", help="download (or take offline) and verify a dataset")
+    f.add_argument("name", help="mnist or fashion-mnist")
+    f.add_argument("--data-root", help="where datasets live (default $KDISTILL_DATA or user cache)")
+    f.add_argument("--offline", action="store_true", help="skip the download mirrors")
+    i = dsub.add_parser("info", help="show each dataset's location, source and hashes")
+    i.add_argument("--data-root")
+
+    rep = sub.add_parser("report", help="re-render report.md from a run's metrics.json")
+    rep.add_argument("run_dir", type=Path)
+    sub.add_parser("presets", help="list presets")
+    sub.add_parser("models", help="list model names")
+    sub.add_parser("losses", help="list distillation objectives")
+    return p
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from .pipeline import run
+
+    overrides = list(args.overrides)
+    if args.data_root:
+        overrides.append(f"data.root={args.data_root}")
+    run(args.config or args.preset, args.out, overrides=overrides, quiet=args.quiet)
+    return 0
+
+
+def _cmd_data(args: argparse.Namespace) -> int:
+    from .data import sources
+
+    if args.data_command == "fetch":
+        directory = sources.fetch(args.name, args.data_root, offline=args.offline or None)
+        sources.read_verified(args.name, args.data_root)  # verify what is there now
+        info = sources.provenance(args.name, args.data_root)
+        print(f"{args.name}: {directory} (source: {info.get('source', 'local')}, "
+              f"from {info.get('origin', directory)})")
+        return 0
+    root = Path(args.data_root) if args.data_root else sources.default_root()
+    print(f"data root: {root}")
+    for name, src in sources.SOURCES.items():
+        info = sources.provenance(name, root)
+        state = (f"{info.get('source')} from {info.get('origin')} at {info.get('fetched_at')}"
+                 if info else "not fetched")
+        print(f"\n{name}: {src.description}\n  {state}")
+        for f in src.files.values():
+            present = "✓" if (root / name / f.filename).is_file() else "·"
+            print(f"  {present} {f.filename:26s} sha256 {f.sha256}")
+    return 0
+
+
+def _listing(items: dict[str, str]) -> int:
+    width = max(map(len, items), default=0)
+    for name, text in items.items():
+        print(f"{name:{width}s}  {text}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "run":
+            return _cmd_run(args)
+        if args.command == "data":
+            return _cmd_data(args)
+        if args.command == "report":
+            from .report import write_report
+
+            if not (args.run_dir / "metrics.json").is_file():
+                raise KdistillError(f"{args.run_dir} has no metrics.json", "give a run directory")
+            print(write_report(args.run_dir))
+            return 0
+        if args.command in ("presets", "models", "losses"):
+            from . import list_losses, list_models, list_presets
+
+            return _listing({"presets": list_presets, "models": list_models,
+                             "losses": list_losses}[args.command]())
+        _parser().print_help()
+        return 0
+    except KdistillError as exc:
+        if args.debug:
+            raise
+        print(f"kdistill: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("kdistill: interrupted", file=sys.stderr)
+        return 130
+    except OSError as exc:  # disk full, permission denied... on a path the user chose
+        if args.debug:
+            raise
+        print(f"kdistill: error: {exc.strerror or exc}"
+              f"{f': {exc.filename}' if exc.filename else ''} (free space or choose another path)",
+              file=sys.stderr)
+        return 2

@@ -1,0 +1,187 @@
+"""The typed run configuration: defaults beside their meaning, YAML presets, ``key=value`` overrides.
+
+Every key is checked: an unknown key or a bad value is a :class:`ConfigError` naming the key.
+"""
+from __future__ import annotations
+
+import copy
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal, Sequence
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .errors import ConfigError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Strict):
+    name: str = Field("mnist", description="registered dataset (mnist, fashion-mnist) or an IDX directory")
+    root: str | None = Field(None, description="data root; default $KDISTILL_DATA or the user cache")
+    mean: float = Field(0.5, description="Normalize mean applied to pixels in [0, 1]")
+    std: float = Field(0.5, gt=0, description="Normalize std")
+    train_subset: int | None = Field(None, ge=1, description="use only the first N training images")
+    val_size: int = Field(0, ge=0, description="images held out of the end of the training set "
+                                               "for validation (never trained on)")
+
+
+class TrainConfig(_Strict):
+    model: str = Field(description="registered name, mlp:784-...-10, or package.module:factory")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the model factory")
+    epochs: int = Field(5, ge=1)
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(1e-3, gt=0, description="learning rate")
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    weight_decay: float = Field(0.0, ge=0)
+
+
+class DistillConfig(_Strict):
+    loss: str = Field("kl", description="objective name (kdistill losses)")
+    temperature: float = Field(1.0, gt=0, description="softmax temperature T")
+    alpha: float = Field(1.0, ge=0, le=1, description="weight of the soft (teacher) term; 1 - alpha goes to labels")
+
+    @field_validator("loss")
+    @classmethod
+    def _known_loss(cls, name: str) -> str:
+        from .losses import list_losses  # imported here: losses import nothing from config
+
+        if name not in list_losses():
+            raise ValueError(f"unknown distillation loss {name!r}; choose one of: "
+                             f"{', '.join(list_losses())}")
+        return name
+
+
+class BenchConfig(_Strict):
+    enabled: bool = Field(True, description="measure latency and throughput after training")
+    latency_repeats: int = Field(200, ge=1, description="timed batch-1 calls per model")
+    throughput_batch: int = Field(1024, ge=1)
+    throughput_repeats: int = Field(10, ge=1)
+
+
+class RunConfig(_Strict):
+    description: str = Field("", description="one line saying what this run is")
+    seed: int = Field(0, description="seeds initialisation, shuffling and dropout")
+    threads: int | None = Field(None, ge=1, description="torch threads; default all cores")
+    control: bool = Field(True, description="also train the student from scratch on labels only")
+    eval_batch_size: int = Field(256, ge=1, description="batch size of evaluation and teacher logits")
+    data: DataConfig = Field(default_factory=DataConfig)
+    teacher: TrainConfig = Field(default_factory=lambda: TrainConfig(model="spec-teacher"))
+    student: TrainConfig = Field(default_factory=lambda: TrainConfig(model="spec-student"))
+    distill: DistillConfig = Field(default_factory=DistillConfig)
+    bench: BenchConfig = Field(default_factory=BenchConfig)
+
+
+# --------------------------------------------------------------------------- loading
+def list_presets() -> dict[str, str]:
+    """Preset names with their one-line descriptions."""
+    out = {}
+    for entry in sorted(resources.files("kdistill.presets").iterdir(), key=lambda p: p.name):
+        if entry.name.endswith(".yaml"):
+            out[entry.name[:-5]] = (yaml.safe_load(entry.read_text()) or {}).get("description", "")
+    return out
+
+
+def _read_yaml(text: str, origin: str) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        at = f" at line {where.line + 1}" if where else ""
+        raise ConfigError(f"{origin} is not valid YAML{at}", "fix the syntax") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{origin} must be a YAML mapping of config keys, got {type(data).__name__}",
+                          "see the config reference in the README")
+    return data
+
+
+def preset_dict(name: str) -> dict[str, Any]:
+    presets = list_presets()
+    if name not in presets:
+        raise ConfigError(f"unknown preset {name!r}", f"choose one of: {', '.join(presets)}")
+    return _read_yaml(resources.files("kdistill.presets").joinpath(f"{name}.yaml").read_text(),
+                      f"preset {name}")
+
+
+def file_dict(path: str | Path) -> dict[str, Any]:
+    try:
+        text = Path(path).read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist", "check the path") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc}", "check the path") from None
+    return _read_yaml(text, f"config file {path}")
+
+
+def parse_value(text: str) -> Any:
+    """A command-line value: YAML scalars and lists (``true``, ``0.5``, ``[1, 2]``), else a string."""
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    if isinstance(value, str):
+        try:
+            return float(value)  # YAML 1.1 leaves "1e-3" as a string
+        except ValueError:
+            return value
+    return value
+
+
+def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Set dotted keys: ``["teacher.epochs=3", "distill.loss=hinton"]``."""
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key or any(not part for part in key.split(".")):
+            raise ConfigError(f"override {item!r} is not key=value", "write e.g. teacher.epochs=3")
+        node = data
+        *parents, leaf = key.split(".")
+        for i, part in enumerate(parents):
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"config key {'.'.join(parents[:i + 1])!r} is not a section",
+                                  f"cannot set {key}")
+            node = child
+        node[leaf] = parse_value(text)
+    return data
+
+
+def _describe(exc: ValidationError) -> ConfigError:
+    err = exc.errors()[0]
+    key = ".".join(str(p) for p in err["loc"])
+    more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+    if err["type"] == "extra_forbidden":
+        return ConfigError(f"unknown config key {key!r}{more}",
+                           "see `kdistill run --help` or the config reference in the README")
+    if err["type"] == "value_error":  # raised by one of our validators, e.g. unknown loss
+        return ConfigError(f"config key {key!r}: {err['ctx']['error']}{more}", "fix the value")
+    return ConfigError(f"config key {key!r}: {err['msg'].lower()}, got {err.get('input')!r}{more}",
+                       "fix the value")
+
+
+def validate(data: dict[str, Any]) -> RunConfig:
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as exc:
+        raise _describe(exc) from None
+
+
+def from_dict(data: dict[str, Any], overrides: Sequence[str] = ()) -> RunConfig:
+    """Validate a plain dict of config keys (left unchanged) after applying overrides."""
+    return validate(apply_overrides(copy.deepcopy(data), overrides))
+
+
+def load_config(preset: str | None = None, path: str | Path | None = None,
+                overrides: Sequence[str] = ()) -> RunConfig:
+    """Build a config from a preset (default ``seed``) or a YAML file, then ``key=value`` overrides."""
+    if preset and path:
+        raise ConfigError("give either a preset or a config file, not both", "drop one of them")
+    return from_dict(file_dict(path) if path else preset_dict(preset or "seed"), overrides)
+
+
+def to_yaml(config: RunConfig) -> str:
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

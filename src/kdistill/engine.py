@@ -1,0 +1,174 @@
+"""The one training loop (cross-entropy and distillation alike) and evaluation.
+
+Data never leaves memory: each step indexes a uint8 tensor with a seeded permutation and
+normalises the batch with tensor ops. A frozen teacher's logits on fixed inputs are computed
+once and looked up by index, which is exactly equivalent to re-running the teacher per batch.
+"""
+from __future__ import annotations
+
+import math
+import sys
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from .data.datasets import batch_indices, normalize
+from .errors import KdistillError
+from .losses import bind_loss
+
+
+@dataclass
+class Images:
+    """A labelled split in memory plus the normalisation that turns it into model inputs."""
+
+    images: torch.Tensor  # uint8 [N, H, W]
+    labels: torch.Tensor  # int64 [N]
+    mean: float = 0.5
+    std: float = 0.5
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def inputs(self, index: torch.Tensor | slice) -> torch.Tensor:
+        return normalize(self.images[index], self.mean, self.std)
+
+
+class Distiller(nn.Module):
+    """A student trained against a frozen teacher with a named objective (mdistiller style).
+
+    With no teacher it is plain cross-entropy training, so one loop serves the teacher, the
+    distilled student and the from-scratch control. ``teacher`` may be a module (run in eval mode
+    under no_grad each step) or a tensor of precomputed logits indexed like the training set.
+    """
+
+    def __init__(self, student: nn.Module, teacher: nn.Module | torch.Tensor | None = None,
+                 loss: str = "kl", **loss_params: float) -> None:
+        super().__init__()
+        self.student = student
+        self.teacher_logits = teacher if isinstance(teacher, torch.Tensor) else None
+        self.teacher = teacher if isinstance(teacher, nn.Module) else None
+        if self.teacher is not None:
+            self.teacher.requires_grad_(False)
+        self.loss_name = loss if teacher is not None else "ce"
+        self.objective = bind_loss(loss, **loss_params) if teacher is not None else None
+
+    def train(self, mode: bool = True) -> "Distiller":
+        self.student.train(mode)
+        if self.teacher is not None:
+            self.teacher.eval()  # the teacher never trains: no dropout, frozen statistics
+        return self
+
+    def get_learnable_parameters(self) -> list[nn.Parameter]:
+        return list(self.student.parameters())
+
+    def forward_train(self, x: torch.Tensor, y: torch.Tensor,
+                      index: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        logits = self.student(x)
+        if self.objective is None:
+            return logits, {"ce": F.cross_entropy(logits, y)}
+        if self.teacher_logits is not None:
+            teacher_logits = self.teacher_logits[index]
+        else:
+            with torch.no_grad():
+                teacher_logits = self.teacher(x)
+        return logits, self.objective(logits, teacher_logits, y)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.student(x)
+
+
+def make_optimizer(name: str, params, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay, nesterov=True)
+
+
+class NonFiniteLoss(KdistillError):
+    """Training diverged (NaN or inf loss)."""
+
+
+def fit(distiller: Distiller, train: Images, *, epochs: int, batch_size: int, lr: float,
+        seed: int, optimizer: str = "adam", weight_decay: float = 0.0,
+        evaluate_on: Images | None = None, on_epoch_end: Callable[[dict], None] | None = None,
+        progress: bool | None = None, desc: str = "train") -> list[dict]:
+    """Train ``distiller.student`` in place; return one record per epoch.
+
+    Each record holds ``epoch``, ``train_loss`` (mean over steps), the mean of each loss term,
+    ``seconds`` (training time of the epoch) and, when ``evaluate_on`` is given, ``test_accuracy``
+    and ``test_loss`` measured after the epoch. Shuffling and dropout are seeded by ``seed``.
+    """
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    opt = make_optimizer(optimizer, distiller.get_learnable_parameters(), lr, weight_decay)
+    show = sys.stderr.isatty() if progress is None else progress
+    steps = math.ceil(len(train) / batch_size)
+    history = []
+    for epoch in range(1, epochs + 1):
+        distiller.train()
+        start = time.perf_counter()
+        totals: dict[str, float] = {}
+        loss_sum = 0.0
+        bar = tqdm(total=steps, desc=f"{desc} {epoch}/{epochs}", disable=not show, leave=False,
+                   unit="step", dynamic_ncols=True)
+        for step, index in enumerate(batch_indices(len(train), batch_size, generator), start=1):
+            x, y = train.inputs(index), train.labels[index]
+            _, terms = distiller.forward_train(x, y, index)
+            loss = sum(terms.values())
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            value = loss.item()
+            if not math.isfinite(value):
+                raise NonFiniteLoss(f"{desc}: loss became {value} at epoch {epoch}, step {step}",
+                                    "lower the learning rate or check the data")
+            loss_sum += value
+            for name, term in terms.items():
+                totals[name] = totals.get(name, 0.0) + term.item()
+            if step % 100 == 0:
+                bar.set_postfix(loss=f"{loss_sum / step:.4f}", refresh=False)
+            bar.update(1)
+        bar.close()
+        record = {"epoch": epoch, "train_loss": loss_sum / steps,
+                  **{f"loss_{k}": v / steps for k, v in totals.items()},
+                  "seconds": time.perf_counter() - start}
+        if evaluate_on is not None:
+            result = evaluate(distiller.student, evaluate_on)
+            record.update(test_accuracy=result["accuracy"], test_loss=result["loss"])
+        history.append(record)
+        if on_epoch_end is not None:
+            on_epoch_end(record)
+    return history
+
+
+@torch.inference_mode()
+def predict_logits(model: nn.Module, data: Images, batch_size: int = 256) -> torch.Tensor:
+    """Logits of ``model`` in eval mode for every example of ``data``, in order."""
+    was_training = model.training
+    model.eval()
+    out = torch.cat([model(data.inputs(slice(i, i + batch_size)))
+                     for i in range(0, len(data), batch_size)])
+    model.train(was_training)
+    return out
+
+
+def evaluate(model: nn.Module, data: Images, batch_size: int = 256,
+             num_classes: int | None = None) -> dict:
+    """Accuracy (fraction), mean cross-entropy, per-class accuracy and confusion matrix."""
+    logits = predict_logits(model, data, batch_size)
+    k = num_classes or logits.shape[1]
+    predictions = logits.argmax(1)
+    confusion = torch.bincount(data.labels * k + predictions, minlength=k * k).reshape(k, k)
+    support = confusion.sum(1).clamp_min(1)
+    return {
+        "accuracy": (predictions == data.labels).sum().item() / len(data),
+        "loss": F.cross_entropy(logits, data.labels).item(),
+        "per_class_accuracy": (confusion.diag() / support).tolist(),
+        "confusion": confusion.tolist(),
+    }

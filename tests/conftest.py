@@ -1,0 +1,63 @@
+"""Shared fixtures: a small synthetic IDX dataset, real MNIST from the offline source, a CLI runner."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from kdistill.data.idx import encode_idx
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _offline_and_isolated(monkeypatch, tmp_path_factory):
+    """No test reaches the network unless it says so; real data is shared by the session."""
+    monkeypatch.setenv("KDISTILL_OFFLINE", "1")
+    monkeypatch.setenv("KDISTILL_DATA", str(_shared_data_root(tmp_path_factory)))
+
+
+def _shared_data_root(factory) -> Path:
+    root = factory.getbasetemp() / "data-cache"
+    root.mkdir(exist_ok=True)
+    return root
+
+
+def make_images(n: int, classes: int = 10, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Learnable 28x28 uint8 images: class k lights up a 4-pixel-wide band at row 2k, plus noise."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, classes, n).astype(np.uint8)
+    images = rng.integers(0, 60, (n, 28, 28)).astype(np.uint8)
+    for i, k in enumerate(labels):
+        images[i, 2 * k + 2: 2 * k + 6, 4:24] = 220
+    return images, labels
+
+
+def write_idx_dir(directory: Path, n_train: int = 512, n_test: int = 128, classes: int = 10) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    tx, ty = make_images(n_train, classes, seed=1)
+    sx, sy = make_images(n_test, classes, seed=2)
+    for name, arr in {"train-images-idx3-ubyte": tx, "train-labels-idx1-ubyte": ty,
+                      "t10k-images-idx3-ubyte": sx, "t10k-labels-idx1-ubyte": sy}.items():
+        (directory / name).write_bytes(encode_idx(arr))
+    return directory
+
+
+@pytest.fixture
+def idx_dir(tmp_path) -> Path:
+    """A directory with a small synthetic MNIST-style dataset (usable as data.name)."""
+    return write_idx_dir(tmp_path / "synthetic")
+
+
+# Overrides that make a run on the synthetic data take a second or two.
+QUICK = ["teacher.model=mlp:784-64-10", "teacher.epochs=2", "student.epochs=2",
+         "bench.latency_repeats=5", "bench.throughput_repeats=2", "bench.throughput_batch=64"]
+
+
+def kdistill(*args: str, env: dict | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """Run the real console entry point in a subprocess and capture its output."""
+    return subprocess.run([sys.executable, "-m", "kdistill", *args], capture_output=True,
+                          text=True, env=env, cwd=cwd, timeout=600)

@@ -1,0 +1,91 @@
+"""The command line end to end: runs on synthetic data, listings, and one-line errors."""
+import json
+import os
+
+import pytest
+
+from conftest import QUICK, kdistill
+
+
+def _env(**extra):
+    return {**os.environ, **extra}
+
+
+def test_run_writes_every_artefact(idx_dir, tmp_path):
+    out = tmp_path / "run"
+    result = kdistill("run", "--out", str(out), f"data.name={idx_dir}", *QUICK, env=_env())
+    assert result.returncode == 0, result.stderr
+    for name in ("config.yaml", "metrics.json", "report.md", "log.jsonl", "teacher.safetensors",
+                 "student.safetensors", "control.safetensors"):
+        assert (out / name).is_file(), name
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["status"] == "complete"
+    for role in ("teacher", "student", "control"):
+        m = metrics["models"][role]
+        assert 0.0 <= m["test_accuracy"] <= 1.0 and m["params"] > 0 and m["macs_per_sample"] > 0
+        assert m["size_bytes"] == (out / f"{role}.safetensors").stat().st_size
+        assert [h["epoch"] for h in m["history"]] == [1, 2]
+        assert {"train_loss", "test_accuracy", "seconds"} <= set(m["history"][0])
+    assert metrics["models"]["teacher"]["test_accuracy"] > 0.9  # the synthetic task is easy
+    for role in ("teacher", "student"):
+        assert metrics["inference"][role]["latency_batch1_ms"] > 0
+        assert metrics["inference"][role]["throughput_per_s"] > 0
+    assert metrics["timings"]["total_seconds"] > 0
+    assert set(metrics["env"]) >= {"torch", "python", "threads", "device", "git_commit"}
+    lines = (out / "log.jsonl").read_text().splitlines()
+    assert [json.loads(x)["phase"] for x in lines] == ["teacher"] * 2 + ["student"] * 2 + ["control"] * 2
+    report = (out / "report.md").read_text()
+    assert "distilled student" in report and "control" in report and "Against the spec" in report
+
+
+def test_same_seed_same_metrics(idx_dir, tmp_path):
+    accs = []
+    for name in ("a", "b"):
+        assert kdistill("run", "--quiet", "--out", str(tmp_path / name), f"data.name={idx_dir}",
+                        *QUICK, "bench.enabled=false", env=_env()).returncode == 0
+        m = json.loads((tmp_path / name / "metrics.json").read_text())["models"]
+        accs.append({r: (m[r]["test_accuracy"], m[r]["test_loss"]) for r in m})
+    assert accs[0] == accs[1]
+    assert (tmp_path / "a" / "student.safetensors").read_bytes() == \
+        (tmp_path / "b" / "student.safetensors").read_bytes()
+
+
+def test_listings():
+    for command, expected in [("presets", "seed"), ("models", "spec-teacher"), ("losses", "hinton")]:
+        result = kdistill(command)
+        assert result.returncode == 0 and expected in result.stdout
+
+
+@pytest.mark.parametrize("args, match", [
+    (["run", "--preset", "nope"], "unknown preset 'nope'"),
+    (["run", "teacher.epochs=0"], "teacher.epochs"),
+    (["run", "distill.alpha=2"], "distill.alpha"),
+    (["run", "teacher.nope=1"], "unknown config key 'teacher.nope'"),
+    (["run", "data.name=imagenet"], "unknown dataset 'imagenet'"),
+    (["run", "student.model=nowhere_pkg.mod:make"], "student.model"),
+    (["run", "--config", "/nonexistent/c.yaml"], "does not exist"),
+    (["report", "/nonexistent"], "no metrics.json"),
+])
+def test_bad_input_is_one_line_and_exit_2(args, match, tmp_path):
+    result = kdistill(*args, "--out", str(tmp_path / "o"), env=_env()) if args[0] == "run" else \
+        kdistill(*args, env=_env())
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr
+    assert lines[0].startswith("kdistill: error:")
+    assert __import__("re").search(match, lines[0]), lines[0]
+
+
+def test_class_count_mismatch_is_refused(idx_dir, tmp_path):
+    result = kdistill("run", "--out", str(tmp_path / "o"), f"data.name={idx_dir}", *QUICK,
+                      "student.model=mlp:784-16-7", env=_env())
+    assert result.returncode == 2 and "7" in result.stderr and "10 classes" in result.stderr
+
+
+def test_existing_run_is_not_overwritten(idx_dir, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "metrics.json").write_text('{"keep": true}')
+    result = kdistill("run", "--out", str(out), f"data.name={idx_dir}", *QUICK, env=_env())
+    assert result.returncode == 2 and "already holds a run" in result.stderr
+    assert (out / "metrics.json").read_text() == '{"keep": true}'

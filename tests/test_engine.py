@@ -1,0 +1,77 @@
+import torch
+from torch import nn
+
+from kdistill.data import load_dataset
+from kdistill.engine import Distiller, Images, evaluate, fit, predict_logits
+from kdistill.models import create_model
+
+
+def _data(idx_dir):
+    ds = load_dataset(str(idx_dir))
+    return Images(ds.train_images, ds.train_labels), Images(ds.test_images, ds.test_labels)
+
+
+def _train(train, test, teacher=None, seed=0, epochs=2):
+    torch.manual_seed(seed)
+    student = create_model("mlp:784-32-10")
+    history = fit(Distiller(student, teacher, "hinton", temperature=4.0, alpha=0.9), train,
+                  epochs=epochs, batch_size=32, lr=1e-3, seed=seed, evaluate_on=test, progress=False)
+    return student, history
+
+
+def test_cross_entropy_training_learns(idx_dir):
+    train, test = _data(idx_dir)
+    student, history = _train(train, test, epochs=3)
+    assert [h["epoch"] for h in history] == [1, 2, 3]
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    assert evaluate(student, test)["accuracy"] > 0.9
+
+
+def test_same_seed_same_weights_and_metrics(idx_dir):
+    train, test = _data(idx_dir)
+    a, ha = _train(train, test, seed=5)
+    b, hb = _train(train, test, seed=5)
+    c, _ = _train(train, test, seed=6)
+    assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))
+    assert [h["test_accuracy"] for h in ha] == [h["test_accuracy"] for h in hb]
+    assert not torch.equal(a.fc1.weight, c.fc1.weight)
+
+
+def test_cached_teacher_logits_equal_running_the_teacher(idx_dir):
+    """Caching the frozen teacher's logits is exactly equivalent to re-running it per batch."""
+    train, test = _data(idx_dir)
+    torch.manual_seed(1)
+    teacher = create_model("mlp:784-64-10", dropout=0.5)  # dropout: eval mode must be enforced
+    fit(Distiller(teacher), train, epochs=1, batch_size=32, lr=1e-3, seed=1, progress=False)
+    live, _ = _train(train, test, teacher=teacher)
+    cached, _ = _train(train, test, teacher=predict_logits(teacher, train))
+    assert all(torch.equal(p, q) for p, q in zip(live.state_dict().values(), cached.state_dict().values()))
+    assert all(not p.requires_grad for p in teacher.parameters())
+
+
+def test_distiller_keeps_teacher_in_eval_mode():
+    d = Distiller(create_model("mlp:784-8-10"), create_model("mlp:784-8-10", dropout=0.5))
+    d.train()
+    assert d.student.training and not d.teacher.training
+    assert d.get_learnable_parameters() == list(d.student.parameters())
+
+
+def test_distillation_terms_are_logged(idx_dir):
+    train, test = _data(idx_dir)
+    teacher_logits = torch.randn(len(train), 10)
+    _, history = _train(train, test, teacher=teacher_logits, epochs=1)
+    assert {"loss_kd", "loss_ce"} <= set(history[0])
+    assert abs(history[0]["loss_kd"] + history[0]["loss_ce"] - history[0]["train_loss"]) < 1e-6
+
+
+def test_evaluate_confusion_and_per_class():
+    class Fixed(nn.Module):
+        def forward(self, x):  # predicts class = first pixel's value
+            return nn.functional.one_hot(x.flatten(1)[:, 0].round().long(), 3).float()
+
+    images = torch.tensor([0, 1, 2, 2, 1], dtype=torch.uint8).reshape(5, 1, 1).expand(5, 1, 1)
+    labels = torch.tensor([0, 1, 2, 1, 0])
+    result = evaluate(Fixed(), Images(images, labels, mean=0.0, std=1 / 255), batch_size=2)
+    assert result["accuracy"] == 3 / 5
+    assert result["confusion"] == [[1, 1, 0], [0, 1, 1], [0, 0, 1]]
+    assert result["per_class_accuracy"] == [0.5, 0.5, 1.0]
