@@ -17,3 +17,5 @@ def test_seed_recipe_one_epoch_each(tmp_path):
     assert models["control"]["test_accuracy"] >= 0.90
     assert m["dataset"]["train_size"] == 60_000 and m["dataset"]["test_size"] == 10_000
     assert m["inference"]["student"]["throughput_per_s"] > m["inference"]["teacher"]["throughput_per_s"]
+    report = (out / "report.md").read_text()
+    assert "Against the spec" in report and "**more** parameters" in report
