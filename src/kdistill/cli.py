@@ -12,9 +12,30 @@ EXAMPLES = """examples:
   kdistill run                                   # the spec's experiment (preset seed)
   kdistill run --out runs/demo student.epochs=3  # override any config key
   kdistill run --config my.yaml distill.loss=hinton distill.temperature=4 distill.alpha=0.9
+  kdistill report runs/demo                       # re-render report.md, report.html, plots
+  kdistill runs                                  # list runs with status and accuracies
   kdistill data fetch mnist
   kdistill presets | kdistill models | kdistill losses
 """
+# Examples shown by each subcommand's --help.
+HELP_EXAMPLES = {
+    "data": "kdistill data fetch mnist\n  kdistill data fetch fashion-mnist --offline\n"
+            "  kdistill data info --data-root /data/kd",
+    "fetch": "kdistill data fetch mnist\n  kdistill data fetch mnist --data-root /data/kd --offline",
+    "info": "kdistill data info\n  kdistill data info --data-root /data/kd",
+    "report": "kdistill report runs/seed-20250101-120000   # rewrites report.md, report.html, plots/",
+    "runs": "kdistill runs              # the runs under runs/\n  kdistill runs /tmp/sweep",
+    "presets": "kdistill presets\n  kdistill run --preset seed",
+    "models": "kdistill models\n  kdistill run teacher.model=mlp:784-800-800-10\n"
+              "  kdistill run student.model=mypkg.nets:make_student student.kwargs.width=64",
+    "losses": "kdistill losses\n  kdistill run distill.loss=hinton distill.temperature=4 distill.alpha=0.9",
+}
+
+
+def _add(sub, name: str, help_text: str) -> argparse.ArgumentParser:
+    """A subcommand parser whose --help ends with examples."""
+    return sub.add_parser(name, help=help_text, epilog=f"examples:\n  {HELP_EXAMPLES[name]}\n",
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -34,20 +55,23 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. seed=1")
     r.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
 
-    d = sub.add_parser("data", help="fetch datasets and show where they came from")
+    d = _add(sub, "data", "fetch datasets and show where they came from")
     dsub = d.add_subparsers(dest="data_command", metavar="ACTION", required=True)
-    f = dsub.add_parser("fetch", help="download (or take offline) and verify a dataset")
+    f = _add(dsub, "fetch", "download (or take offline) and verify a dataset")
     f.add_argument("name", help="mnist or fashion-mnist")
     f.add_argument("--data-root", help="where datasets live (default $KDISTILL_DATA or user cache)")
     f.add_argument("--offline", action="store_true", help="skip the download mirrors")
-    i = dsub.add_parser("info", help="show each dataset's location, source and hashes")
+    i = _add(dsub, "info", "show each dataset's location, source and hashes")
     i.add_argument("--data-root")
 
-    rep = sub.add_parser("report", help="re-render report.md from a run's metrics.json")
+    rep = _add(sub, "report", "re-render report.md, report.html and plots from metrics.json")
     rep.add_argument("run_dir", type=Path)
-    sub.add_parser("presets", help="list presets")
-    sub.add_parser("models", help="list model names")
-    sub.add_parser("losses", help="list distillation objectives")
+    runs = _add(sub, "runs", "list runs with their status and key numbers")
+    runs.add_argument("directory", type=Path, nargs="?", default=Path("runs"),
+                      help="a directory of runs, or one run (default runs/)")
+    _add(sub, "presets", "list presets")
+    _add(sub, "models", "list model names")
+    _add(sub, "losses", "list distillation objectives")
     return p
 
 
@@ -84,6 +108,16 @@ def _cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_runs(directory: Path) -> int:
+    from .report import list_runs, runs_table
+
+    if not directory.is_dir():
+        raise KdistillError(f"no directory {directory}", "give the directory that holds your runs")
+    summaries = list_runs(directory)
+    print(runs_table(summaries) if summaries else f"no runs in {directory}")
+    return 0
+
+
 def _listing(items: dict[str, str]) -> int:
     width = max(map(len, items), default=0)
     for name, text in items.items():
@@ -105,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
                 raise KdistillError(f"{args.run_dir} has no metrics.json", "give a run directory")
             print(write_report(args.run_dir))
             return 0
+        if args.command == "runs":
+            return _cmd_runs(args.directory)
         if args.command in ("presets", "models", "losses"):
             from . import list_losses, list_models, list_presets
 

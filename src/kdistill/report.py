@@ -1,7 +1,15 @@
-"""Turn a run's ``metrics.json`` into ``report.md``: what the student gained and what it costs."""
+"""Turn a run's ``metrics.json`` into ``report.md`` (with plots) and a self-contained ``report.html``.
+
+The markdown is the one source of the report's words; the HTML is that markdown converted by a
+small converter for the subset :func:`render` writes, with every plot inlined as a data URI so
+the file opens in a browser on its own (and can be mailed or attached as one file).
+"""
 from __future__ import annotations
 
+import base64
+import html
 import json
+import re
 from pathlib import Path
 
 from .files import atomic_write_text
@@ -20,6 +28,10 @@ SPEC = {
 }
 ROLES = ("teacher", "student", "control")
 LABELS = {"teacher": "teacher", "student": "distilled student", "control": "control (labels only)"}
+CAPTIONS = {"accuracy": "Test accuracy per epoch",
+            "tradeoff": "Test accuracy against batch-1 latency and multiply-adds per sample "
+                        "(the control runs exactly like the student)",
+            "confusion": "The student's confusion matrix and its difference from the teacher's"}
 
 
 def _pct(x: float | None) -> str:
@@ -106,8 +118,14 @@ def _against_spec(models: dict) -> list[str]:
             "conv output; kdistill skips that work, with identical outputs, and counts what it runs.", ""]
 
 
-def render(metrics: dict) -> str:
-    """The whole ``report.md`` as text."""
+def _image(plots: dict[str, str], name: str) -> list[str]:
+    """A markdown image line for plot ``name`` (path relative to the run directory), if drawn."""
+    return [f"![{CAPTIONS[name]}]({plots[name]})", ""] if name in plots else []
+
+
+def render(metrics: dict, plots: dict[str, str] | None = None) -> str:
+    """The whole ``report.md`` as text; ``plots`` maps plot names to paths relative to the run."""
+    plots = plots or {}
     cfg, env = metrics["config"], metrics["env"]
     models = metrics["models"]
     out = [f"# kdistill report: {metrics.get('name', 'run')}", ""]
@@ -129,12 +147,19 @@ def render(metrics: dict) -> str:
         out += [f"Distillation {'gained' if gain >= 0 else 'lost'} **{100 * abs(gain):.2f} points** "
                 "against the same student trained from scratch on labels with the same seed and "
                 "schedule (one seed: differences below a few tenths of a point can be noise).", ""]
+    out += _image(plots, "tradeoff")
     out += ["## Size and cost, stated plainly", "", *_honesty(metrics), ""]
     inf = metrics.get("inference", {})
     if inf:
         out += [f"Timings: median of repeated calls after warm-up, models interleaved, "
                 f"{env.get('threads')} threads on {env.get('cpu') or env.get('device')}.", ""]
-    out += ["## Accuracy per epoch", "", _history_table(metrics), ""]
+    out += ["## Accuracy per epoch", "", _history_table(metrics), "", *_image(plots, "accuracy")]
+    if "confusion" in plots:
+        out += ["## Where the student errs", "",
+                "Left: the distilled student's confusion matrix (rows = true class). Right: the "
+                "student's minus the teacher's; red off the diagonal marks a mistake the student "
+                "makes more often than the teacher, blue on the diagonal a class it gets right "
+                "less often.", "", *_image(plots, "confusion")]
     if (cfg["teacher"]["model"], cfg["student"]["model"]) == ("spec-teacher", "spec-student"):
         out += _against_spec(models)
     t = metrics.get("timings", {})
@@ -147,10 +172,151 @@ def render(metrics: dict) -> str:
     return "\n".join(out)
 
 
+# ------------------------------------------------------------------------- run listing
+def run_summary(run_dir: Path) -> dict:
+    """Status and key numbers of one run directory, read from its ``metrics.json``."""
+    try:
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return {"run": str(run_dir), "status": "unreadable"}
+    models = metrics.get("models", {})
+    accuracy = {role: models.get(role, {}).get("test_accuracy") for role in ROLES}
+    return {"run": str(run_dir), "status": metrics.get("status", "?"), **accuracy,
+            "gain": metrics.get("distill", {}).get("gain_over_control"),
+            "seconds": metrics.get("timings", {}).get("total_seconds")}
+
+
+def list_runs(directory: str | Path) -> list[dict]:
+    """Summaries of the runs in ``directory`` (its subdirectories holding a ``metrics.json``,
+    by name), or of ``directory`` itself when it is a run."""
+    directory = Path(directory)
+    if (directory / "metrics.json").is_file():
+        return [run_summary(directory)]
+    return [run_summary(d) for d in sorted(directory.iterdir())
+            if (d / "metrics.json").is_file()]
+
+
+def runs_table(summaries: list[dict]) -> str:
+    """Summaries as an aligned plain-text table, one run a line."""
+    head = ("run", "status", "teacher", "student", "control", "gain (pts)", "seconds")
+    rows = [head] + [(s["run"], s["status"], *(_pct(s.get(r)).replace(" %", "%") for r in ROLES),
+                      "–" if s.get("gain") is None else f"{100 * s['gain']:+.2f}",
+                      "–" if s.get("seconds") is None else f"{s['seconds']:.1f}")
+                     for s in summaries]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
+    return "\n".join("  ".join(cell.ljust(w) if i < 2 else cell.rjust(w)
+                               for i, (cell, w) in enumerate(zip(row, widths))).rstrip()
+                     for row in rows)
+
+
+# ------------------------------------------------------------------------- HTML
+HTML_TEMPLATE = """<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{title}</title>
+<style>
+body {{ font: 15px/1.5 system-ui, -apple-system, "Segoe UI", sans-serif; color: #222;
+       max-width: 1000px; margin: 2em auto; padding: 0 1em; }}
+h1 {{ font-size: 1.6em; border-bottom: 2px solid #d62728; padding-bottom: .2em; }}
+h2 {{ font-size: 1.2em; margin-top: 1.6em; }}
+table {{ border-collapse: collapse; margin: .8em 0; font-size: .9em; display: block;
+        overflow-x: auto; }}
+th, td {{ border: 1px solid #ddd; padding: .3em .6em; }}
+td {{ white-space: nowrap; }}
+th {{ background: #f4f4f4; }}
+tr:nth-child(even) td {{ background: #fafafa; }}
+code {{ background: #f2f2f2; padding: 0 .25em; border-radius: 3px; font-size: .9em; }}
+figure {{ margin: 1em 0; }}
+figure img {{ max-width: 100%; height: auto; }}
+figcaption {{ color: #666; font-size: .85em; }}
+</style>
+</head>
+<body>
+{body}
+</body>
+</html>
+"""
+_CODE = re.compile(r"(`[^`]+`)")
+_IMAGE = re.compile(r"^!\[(?P<alt>[^\]]*)\]\((?P<src>[^)]+)\)$")
+
+
+def _inline(text: str) -> str:
+    """Escape ``text`` and turn its `code`, **bold** and _italic_ spans into HTML."""
+    parts = []
+    for i, part in enumerate(_CODE.split(text)):
+        if i % 2:
+            parts.append(f"<code>{html.escape(part[1:-1])}</code>")
+            continue
+        part = html.escape(part, quote=False)
+        part = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", part)
+        parts.append(re.sub(r"(?<!\w)_(\S(?:.*?\S)?)_(?!\w)", r"<em>\1</em>", part))
+    return "".join(parts)
+
+
+def _cells(line: str) -> list[str]:
+    return [c.strip() for c in line.strip().strip("|").split("|")]
+
+
+def _table(lines: list[str]) -> str:
+    """A markdown table (header, alignment row, body rows) as an HTML table."""
+    aligns = ["right" if c.endswith(":") else "left" for c in _cells(lines[1])]
+    head = "".join(f'<th style="text-align:{a}">{_inline(c)}</th>'
+                   for c, a in zip(_cells(lines[0]), aligns))
+    body = "".join("<tr>" + "".join(f'<td style="text-align:{a}">{_inline(c)}</td>'
+                                    for c, a in zip(_cells(line), aligns)) + "</tr>\n"
+                   for line in lines[2:])
+    return f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}</tbody>\n</table>"
+
+
+def _data_uri(path: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+
+
+def markdown_to_html(markdown: str, base_dir: Path) -> str:
+    """The HTML body of a report written by :func:`render`: headings, paragraphs, bullet lists,
+    tables and images (read from ``base_dir`` and inlined as data URIs)."""
+    blocks = []
+    for block in re.split(r"\n\s*\n", markdown.strip()):
+        lines = block.splitlines()
+        image = _IMAGE.match(block.strip())
+        if lines[0].startswith("#"):
+            level = len(lines[0]) - len(lines[0].lstrip("#"))
+            blocks.append(f"<h{level}>{_inline(lines[0][level:].strip())}</h{level}>")
+        elif image:
+            alt = html.escape(image["alt"])
+            src = base_dir / image["src"]
+            uri = _data_uri(src) if src.is_file() else html.escape(image["src"])
+            blocks.append(f'<figure><img src="{uri}" alt="{alt}">'
+                          f"<figcaption>{alt}</figcaption></figure>")
+        elif all(line.startswith("|") for line in lines) and len(lines) >= 2:
+            blocks.append(_table(lines))
+        elif all(line.startswith("- ") for line in lines):
+            blocks.append("<ul>\n" + "".join(f"<li>{_inline(line[2:])}</li>\n" for line in lines)
+                          + "</ul>")
+        else:
+            blocks.append(f"<p>{_inline(' '.join(lines))}</p>")
+    return "\n".join(blocks)
+
+
+def render_html(markdown: str, base_dir: Path) -> str:
+    """A complete, self-contained HTML page for a report's markdown."""
+    title = next((line.lstrip("# ") for line in markdown.splitlines() if line.startswith("# ")),
+                 "kdistill report")
+    return HTML_TEMPLATE.format(title=html.escape(title), body=markdown_to_html(markdown, base_dir))
+
+
 def write_report(run_dir: str | Path) -> Path:
-    """Re-render ``report.md`` from ``run_dir/metrics.json``."""
+    """Re-render the plots, ``report.md`` and ``report.html`` from ``run_dir/metrics.json``;
+    return the path of ``report.md``."""
+    # matplotlib takes a while to import: only rendering a report pays for it.
+    from .plots import write_plots
+
     run_dir = Path(run_dir)
     metrics = json.loads((run_dir / "metrics.json").read_text())
+    markdown = render(metrics, write_plots(run_dir, metrics))
     path = run_dir / "report.md"
-    atomic_write_text(path, render(metrics))
+    atomic_write_text(path, markdown)
+    atomic_write_text(run_dir / "report.html", render_html(markdown, run_dir))
     return path
