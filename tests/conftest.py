@@ -1,6 +1,7 @@
 """Shared fixtures: a small synthetic IDX dataset, real MNIST from the offline source, a CLI runner."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,17 +14,20 @@ from kdistill.data.idx import encode_idx
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def _offline_and_isolated(monkeypatch, tmp_path_factory):
-    """No test reaches the network unless it says so; real data is shared by the session."""
-    monkeypatch.setenv("KDISTILL_OFFLINE", "1")
-    monkeypatch.setenv("KDISTILL_DATA", str(_shared_data_root(tmp_path_factory)))
-
-
-def _shared_data_root(factory) -> Path:
-    root = factory.getbasetemp() / "data-cache"
+@pytest.fixture(autouse=True, scope="session")
+def _offline_and_isolated(tmp_path_factory):
+    """No test reaches the network unless it says so; real data is fetched once per session
+    into a fresh root (set before any other fixture runs, subprocesses inherit it)."""
+    root = tmp_path_factory.getbasetemp() / "data-cache"
     root.mkdir(exist_ok=True)
-    return root
+    saved = {k: os.environ.get(k) for k in ("KDISTILL_OFFLINE", "KDISTILL_DATA")}
+    os.environ.update(KDISTILL_OFFLINE="1", KDISTILL_DATA=str(root))
+    yield
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
 
 
 def make_images(n: int, classes: int = 10, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

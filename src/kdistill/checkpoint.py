@@ -5,10 +5,12 @@ Loading never unpickles: a pickle or ``torch.save`` archive offered as weights i
 from __future__ import annotations
 
 import json
+import random
 import struct
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as st_load
@@ -79,3 +81,73 @@ def load_weights(path: str | Path, model: nn.Module) -> dict[str, Any]:
                               "load it into the architecture that saved it")
     model.load_state_dict(tensors)
     return meta
+
+
+# ------------------------------------------------------------------ resumable train state
+def _rng_states(generator: torch.Generator) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    np_state = np.random.get_state()
+    tensors = {"rng/torch": torch.get_rng_state(), "rng/shuffle": generator.get_state(),
+               "rng/numpy": torch.from_numpy(np_state[1].astype(np.int64))}
+    meta = {"python": _jsonable(random.getstate()), "numpy": [np_state[0], *np_state[2:]]}
+    return tensors, meta
+
+
+def _jsonable(obj: Any) -> Any:
+    return [_jsonable(x) for x in obj] if isinstance(obj, (tuple, list)) else obj
+
+
+def _tupled(obj: Any) -> Any:
+    return tuple(_tupled(x) for x in obj) if isinstance(obj, list) else obj
+
+
+def save_train_state(path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer,
+                     scheduler: torch.optim.lr_scheduler.LRScheduler, generator: torch.Generator,
+                     epoch: int, history: list[dict]) -> None:
+    """Everything needed to continue training after ``epoch`` exactly as if never stopped:
+    weights, optimizer and scheduler state, the shuffling generator and the torch, numpy and
+    Python RNGs."""
+    tensors = {f"model/{k}": v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    opt = optimizer.state_dict()
+    opt_meta: dict[str, Any] = {"param_groups": opt["param_groups"], "state": {}}
+    for index, entries in opt["state"].items():
+        for key, value in entries.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"optim/{index}/{key}"] = value.detach().contiguous().cpu()
+            else:
+                opt_meta["state"].setdefault(str(index), {})[key] = value
+    rng_tensors, rng_meta = _rng_states(generator)
+    tensors.update(rng_tensors)
+    meta = {"kind": "train_state", "epoch": epoch, "history": history, "optimizer": opt_meta,
+            "scheduler": scheduler.state_dict(), "rng": rng_meta}
+    atomic_write_bytes(path, st_save(tensors, metadata={METADATA_KEY: json.dumps(meta)}))
+
+
+def load_train_state(path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer,
+                     scheduler: torch.optim.lr_scheduler.LRScheduler,
+                     generator: torch.Generator) -> tuple[int, list[dict]]:
+    """Restore what :func:`save_train_state` wrote; return (epoch done, history so far)."""
+    tensors, meta = read_weights(path)
+    if meta.get("kind") != "train_state":
+        raise CheckpointError(f"{path} is not a kdistill training checkpoint",
+                              "resume only from the run directory that wrote it")
+    model_tensors = {k[6:]: v for k, v in tensors.items() if k.startswith("model/")}
+    expected = model.state_dict()
+    if set(model_tensors) != set(expected) or any(
+            model_tensors[k].shape != v.shape for k, v in expected.items()):
+        raise CheckpointError(f"{path} does not fit the model", "the run's config has changed")
+    model.load_state_dict(model_tensors)
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        if key.startswith("optim/"):
+            _, index, name = key.split("/", 2)
+            state.setdefault(int(index), {})[name] = value
+    for index, entries in meta["optimizer"]["state"].items():
+        state.setdefault(int(index), {}).update(entries)
+    optimizer.load_state_dict({"state": state, "param_groups": meta["optimizer"]["param_groups"]})
+    scheduler.load_state_dict(meta["scheduler"])
+    torch.set_rng_state(tensors["rng/torch"])
+    generator.set_state(tensors["rng/shuffle"])
+    name, *rest = meta["rng"]["numpy"]
+    np.random.set_state((name, tensors["rng/numpy"].numpy().astype(np.uint32), *rest))
+    random.setstate(_tupled(meta["rng"]["python"]))
+    return int(meta["epoch"]), list(meta["history"])

@@ -6,7 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-from .errors import KdistillError
+from .errors import KdistillError, RunInterrupted
 
 EXAMPLES = """examples:
   kdistill run                                   # the spec's experiment (preset seed)
@@ -49,11 +49,13 @@ def _parser() -> argparse.ArgumentParser:
     src = r.add_mutually_exclusive_group()
     src.add_argument("--preset", help="named recipe (see `kdistill presets`); default seed")
     src.add_argument("--config", type=Path, help="YAML config file")
+    src.add_argument("--resume", type=Path, metavar="RUN_DIR",
+                     help="continue a stopped run from its last checkpoints, with its own config")
     r.add_argument("--out", type=Path, help="run directory (default runs/<preset>-<timestamp>)")
     r.add_argument("--data-root", help="where datasets live (same as data.root)")
     r.add_argument("--quiet", action="store_true", help="print nothing but errors")
     r.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. seed=1")
-    r.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+    r.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
     d = _add(sub, "data", "fetch datasets and show where they came from")
     dsub = d.add_subparsers(dest="data_command", metavar="ACTION", required=True)
@@ -81,7 +83,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     overrides = list(args.overrides)
     if args.data_root:
         overrides.append(f"data.root={args.data_root}")
-    run(args.config or args.preset, args.out, overrides=overrides, quiet=args.quiet)
+    if args.resume:
+        run(resume=args.resume, overrides=overrides, out=args.out, quiet=args.quiet)
+    else:
+        run(args.config or args.preset, args.out, overrides=overrides, quiet=args.quiet)
     return 0
 
 
@@ -148,6 +153,9 @@ def main(argv: list[str] | None = None) -> int:
                              "losses": list_losses}[args.command]())
         _parser().print_help()
         return 0
+    except RunInterrupted as exc:
+        print(f"kdistill: {exc}", file=sys.stderr)
+        return 130
     except KdistillError as exc:
         if args.debug:
             raise

@@ -36,7 +36,13 @@ class TrainConfig(_Strict):
     batch_size: int = Field(64, ge=1)
     lr: float = Field(1e-3, gt=0, description="learning rate")
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    schedule: Literal["constant", "cosine"] = Field("constant", description="learning-rate schedule")
     weight_decay: float = Field(0.0, ge=0)
+
+
+class TeacherConfig(TrainConfig):
+    weights: str | None = Field(None, description="load these safetensors weights instead of "
+                                                   "training the teacher")
 
 
 class DistillConfig(_Strict):
@@ -69,7 +75,9 @@ class RunConfig(_Strict):
     control: bool = Field(True, description="also train the student from scratch on labels only")
     eval_batch_size: int = Field(256, ge=1, description="batch size of evaluation and teacher logits")
     data: DataConfig = Field(default_factory=DataConfig)
-    teacher: TrainConfig = Field(default_factory=lambda: TrainConfig(model="spec-teacher"))
+    checkpoint_every: int = Field(1, ge=0, description="save a resumable checkpoint every N epochs "
+                                                       "(0: only when a model finishes)")
+    teacher: TeacherConfig = Field(default_factory=lambda: TeacherConfig(model="spec-teacher"))
     student: TrainConfig = Field(default_factory=lambda: TrainConfig(model="spec-student"))
     distill: DistillConfig = Field(default_factory=DistillConfig)
     bench: BenchConfig = Field(default_factory=BenchConfig)
@@ -151,12 +159,15 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
 
 
 def _describe(exc: ValidationError) -> ConfigError:
-    err = exc.errors()[0]
+    errors = exc.errors()
+    err = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])  # typos first
     key = ".".join(str(p) for p in err["loc"])
     more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
     if err["type"] == "extra_forbidden":
         return ConfigError(f"unknown config key {key!r}{more}",
                            "see `kdistill run --help` or the config reference in the README")
+    if err["type"] == "missing":
+        return ConfigError(f"config key {key!r} is required{more}", "set it in the file or as key=value")
     if err["type"] == "value_error":  # raised by one of our validators, e.g. unknown loss
         return ConfigError(f"config key {key!r}: {err['ctx']['error']}{more}", "fix the value")
     return ConfigError(f"config key {key!r}: {err['msg'].lower()}, got {err.get('input')!r}{more}",

@@ -10,6 +10,7 @@ import math
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -17,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from .checkpoint import load_train_state, save_train_state
 from .data.datasets import batch_indices, normalize
 from .errors import KdistillError
 from .losses import bind_loss
@@ -82,6 +84,14 @@ class Distiller(nn.Module):
         return self.student(x)
 
 
+def make_scheduler(name: str, opt: torch.optim.Optimizer,
+                   total_steps: int) -> torch.optim.lr_scheduler.LRScheduler:
+    """``constant`` or ``cosine`` (per-step decay from lr to 0 over the whole schedule)."""
+    if name == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total_steps)
+    return torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0, total_iters=0)
+
+
 def make_optimizer(name: str, params, lr: float, weight_decay: float) -> torch.optim.Optimizer:
     if name == "adam":
         return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
@@ -95,22 +105,32 @@ class NonFiniteLoss(KdistillError):
 
 
 def fit(distiller: Distiller, train: Images, *, epochs: int, batch_size: int, lr: float,
-        seed: int, optimizer: str = "adam", weight_decay: float = 0.0,
+        seed: int, optimizer: str = "adam", weight_decay: float = 0.0, schedule: str = "constant",
         evaluate_on: Images | None = None, on_epoch_end: Callable[[dict], None] | None = None,
-        progress: bool | None = None, desc: str = "train") -> list[dict]:
+        progress: bool | None = None, desc: str = "train", checkpoint: Path | None = None,
+        checkpoint_every: int = 1) -> list[dict]:
     """Train ``distiller.student`` in place; return one record per epoch.
 
     Each record holds ``epoch``, ``train_loss`` (mean over steps), the mean of each loss term,
     ``seconds`` (training time of the epoch) and, when ``evaluate_on`` is given, ``test_accuracy``
     and ``test_loss`` measured after the epoch. Shuffling and dropout are seeded by ``seed``.
+
+    With ``checkpoint``, the full training state is saved there (atomically) every
+    ``checkpoint_every`` epochs and at the end; if the file exists, training continues from it
+    and ends bitwise identical to a run that was never stopped.
     """
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     opt = make_optimizer(optimizer, distiller.get_learnable_parameters(), lr, weight_decay)
-    show = sys.stderr.isatty() if progress is None else progress
     steps = math.ceil(len(train) / batch_size)
-    history = []
-    for epoch in range(1, epochs + 1):
+    scheduler = make_scheduler(schedule, opt, epochs * steps)
+    show = sys.stderr.isatty() if progress is None else progress
+    history: list[dict] = []
+    done = 0
+    if checkpoint is not None and checkpoint.exists():
+        done, history = load_train_state(checkpoint, distiller.student, opt, scheduler,
+                                         generator)
+    for epoch in range(done + 1, epochs + 1):
         distiller.train()
         start = time.perf_counter()
         totals: dict[str, float] = {}
@@ -124,6 +144,7 @@ def fit(distiller: Distiller, train: Images, *, epochs: int, batch_size: int, lr
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            scheduler.step()
             value = loss.item()
             if not math.isfinite(value):
                 raise NonFiniteLoss(f"{desc}: loss became {value} at epoch {epoch}, step {step}",
@@ -144,6 +165,9 @@ def fit(distiller: Distiller, train: Images, *, epochs: int, batch_size: int, lr
         history.append(record)
         if on_epoch_end is not None:
             on_epoch_end(record)
+        if checkpoint is not None and (epoch == epochs or (checkpoint_every and epoch % checkpoint_every == 0)):
+            save_train_state(checkpoint, distiller.student, opt, scheduler, generator, epoch,
+                             history)
     return history
 
 

@@ -27,3 +27,7 @@ class DataError(KdistillError):
 
 class CheckpointError(KdistillError):
     """A weights file that is missing, corrupt, foreign or does not fit the model."""
+
+
+class RunInterrupted(KdistillError):
+    """The user stopped a run (Ctrl-C); its checkpoints are kept for ``--resume``."""

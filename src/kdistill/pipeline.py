@@ -5,6 +5,8 @@ the run is ``running``, ``complete`` or ``failed``.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import platform
@@ -20,11 +22,11 @@ from torch import nn
 
 from . import __version__
 from .bench import describe_model, time_models
-from .checkpoint import save_weights
+from .checkpoint import load_weights, save_weights
 from .config import RunConfig, from_dict, load_config, to_yaml
 from .data import Dataset, load_dataset
 from .engine import Distiller, Images, evaluate, fit, predict_logits
-from .errors import ConfigError, KdistillError
+from .errors import ConfigError, KdistillError, RunInterrupted
 from .files import atomic_write_json, atomic_write_text
 from .models import create_model
 from .report import write_report
@@ -114,15 +116,23 @@ def _build(role: str, spec, seed: int, dataset: Dataset) -> nn.Module:
 
 
 class _Reporter:
-    """Epoch lines on stdout (errors alone go to stderr) and ``log.jsonl`` in the run directory."""
+    """Epoch lines on stdout (errors alone go to stderr) and ``log.jsonl`` in the run directory.
+
+    Lines are keyed by (phase, epoch), so an epoch re-run after a resume replaces its line.
+    """
 
     def __init__(self, out_dir: Path, quiet: bool) -> None:
-        self.path, self.quiet, self.lines = out_dir / "log.jsonl", quiet, []
+        self.path, self.quiet = out_dir / "log.jsonl", quiet
+        self.lines: dict[tuple[str, int], str] = {}
+        if self.path.exists():
+            for line in self.path.read_text().splitlines():
+                record = json.loads(line)
+                self.lines[(record["phase"], record["epoch"])] = line
 
     def epoch(self, phase: str, total: int) -> Callable[[dict], None]:
         def on_epoch_end(record: dict) -> None:
-            self.lines.append(json.dumps({"phase": phase, **record}))
-            atomic_write_text(self.path, "\n".join(self.lines) + "\n")
+            self.lines[(phase, record["epoch"])] = json.dumps({"phase": phase, **record})
+            atomic_write_text(self.path, "\n".join(self.lines.values()) + "\n")
             acc = record.get("test_accuracy")
             self.say(f"{phase:8s} epoch {record['epoch']}/{total}  loss {record['train_loss']:.4f}"
                      + (f"  test acc {100 * acc:.2f}%" if acc is not None else "")
@@ -134,119 +144,198 @@ class _Reporter:
             print(text, flush=True)
 
 
-def run(config: RunConfig | str | Path | dict | None = None, out: str | Path | None = None, *,
-        overrides: Sequence[str] = (), quiet: bool = False, progress: bool | None = None) -> Run:
-    """Run the whole experiment; ``config`` is a preset name (default ``seed``), YAML path,
-    dict or :class:`RunConfig`, and ``overrides`` are ``key=value`` strings."""
-    started = time.perf_counter()
-    cfg, name = resolve_config(config, overrides)
-    torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
-    out_dir = prepare_out_dir(out, name)
-    atomic_write_text(out_dir / "config.yaml", to_yaml(cfg))
-    log = _Reporter(out_dir, quiet)
-    show = (not quiet) and (sys.stderr.isatty() if progress is None else progress)
-    timings: dict[str, float] = {}
-    metrics: dict = {"status": "running", "name": name, "kdistill_version": __version__,
-                     "config": cfg.model_dump(mode="json"), "env": environment()}
-    atomic_write_json(out_dir / "metrics.json", metrics)
-
-    def phase(key: str, begin: float) -> None:
-        timings[f"{key}_seconds"] = time.perf_counter() - begin
-
+@contextlib.contextmanager
+def _locked(out_dir: Path):
+    """Hold an exclusive lock on the run directory (released by the OS even on kill -9)."""
+    handle = open(out_dir / ".lock", "a+")
     try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise KdistillError(f"another kdistill process is writing {out_dir}",
+                            "wait for it to finish or choose another --out") from None
+    try:
+        yield
+    finally:
+        handle.close()
+
+
+def _splits(cfg: RunConfig, dataset: Dataset) -> tuple[Images, Images, Images]:
+    """Train / validation (held out of the end of the training set) / test, normalised lazily."""
+    n_val = cfg.data.val_size
+    if n_val >= len(dataset.train_labels):
+        raise ConfigError(f"config key 'data.val_size': {n_val} leaves no training data",
+                          "use a smaller validation split")
+    n_train = len(dataset.train_labels) - n_val
+    norm = dict(mean=cfg.data.mean, std=cfg.data.std)
+    return (Images(dataset.train_images[:n_train], dataset.train_labels[:n_train], **norm),
+            Images(dataset.train_images[n_train:], dataset.train_labels[n_train:], **norm),
+            Images(dataset.test_images, dataset.test_labels, **norm))
+
+
+def _open_resumed(run_dir: str | Path) -> tuple[Path, RunConfig, dict]:
+    out_dir = Path(run_dir)
+    try:
+        metrics = json.loads((out_dir / "metrics.json").read_text())
+    except (OSError, ValueError):
+        raise KdistillError(f"{out_dir} holds no resumable run (no readable metrics.json)",
+                            "give the directory of a run that was stopped") from None
+    if metrics.get("status") == "complete":
+        raise KdistillError(f"{out_dir} is already complete", "nothing to resume")
+    return out_dir, load_config(path=out_dir / "config.yaml"), metrics
+
+
+def run(config: RunConfig | str | Path | dict | None = None, out: str | Path | None = None, *,
+        overrides: Sequence[str] = (), quiet: bool = False, progress: bool | None = None,
+        resume: str | Path | None = None) -> Run:
+    """Run the whole experiment; ``config`` is a preset name (default ``seed``), YAML path,
+    dict or :class:`RunConfig`, and ``overrides`` are ``key=value`` strings. ``resume`` names
+    the directory of a stopped run to continue from its last checkpoints instead."""
+    started = time.perf_counter()
+    if resume is not None:
+        if config is not None or overrides or out is not None:
+            raise ConfigError("--resume continues a run with its own config",
+                              "drop the preset, config file, --out and overrides")
+        out_dir, cfg, metrics = _open_resumed(resume)
+        name = metrics.get("name", out_dir.name)
+    else:
+        cfg, name = resolve_config(config, overrides)
+    torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
+    # Everything that can be wrong with the input is found before anything is written.
+    dataset = load_dataset(cfg.data.name, cfg.data.root).subset(cfg.data.train_subset)
+    train, val, test = _splits(cfg, dataset)
+    roles = {"teacher": cfg.teacher, "student": cfg.student}
+    if cfg.control:
+        roles["control"] = cfg.student
+    # The student and its control start from the same weights: both are built from cfg.seed.
+    models = {role: _build(role.replace("control", "student"), spec, cfg.seed, dataset)
+              for role, spec in roles.items()}
+    if cfg.teacher.weights:
+        load_weights(cfg.teacher.weights, models["teacher"])
+    if resume is None:
+        out_dir = prepare_out_dir(out, name)
+        metrics = {"name": name, "kdistill_version": __version__}
+    with _locked(out_dir):
+        return _Experiment(cfg, out_dir, metrics, dataset, (train, val, test), models, quiet,
+                           progress, started).run()
+
+
+class _Experiment:
+    """One run's phases, each skipped when a resumed run already finished it."""
+
+    def __init__(self, cfg: RunConfig, out_dir: Path, metrics: dict, dataset: Dataset,
+                 splits: tuple[Images, Images, Images], models: dict[str, nn.Module],
+                 quiet: bool, progress: bool | None, started: float) -> None:
+        self.cfg, self.out_dir, self.metrics, self.dataset = cfg, out_dir, metrics, dataset
+        self.train, self.val, self.test = splits
+        self.models, self.started = models, started
+        self.log = _Reporter(out_dir, quiet)
+        self.show = (not quiet) and (sys.stderr.isatty() if progress is None else progress)
+        self.timings: dict[str, float] = {}
+        (out_dir / "checkpoints").mkdir(exist_ok=True)
+
+    def save_metrics(self) -> None:
+        atomic_write_json(self.out_dir / "metrics.json", self.metrics)
+
+    def phase(self, key: str, begin: float) -> None:
+        self.timings[f"{key}_seconds"] = time.perf_counter() - begin
+
+    def run(self) -> Run:
+        cfg, metrics = self.cfg, self.metrics
+        atomic_write_text(self.out_dir / "config.yaml", to_yaml(cfg))
+        metrics.update(status="running", config=cfg.model_dump(mode="json"), env=environment())
+        metrics.pop("error", None)
+        metrics["dataset"] = {"name": self.dataset.name, "classes": list(self.dataset.classes),
+                              "train_size": len(self.train), "val_size": len(self.val),
+                              "test_size": len(self.test),
+                              "source": self.dataset.source.get("source"),
+                              "origin": self.dataset.source.get("origin"),
+                              "sha256": self.dataset.source.get("files")}
+        self.save_metrics()
+        self.log.say(f"data     {self.dataset.name}: {len(self.train):,} train / {len(self.val):,} "
+                     f"val / {len(self.test):,} test ({self.dataset.source.get('source', '?')})")
+        try:
+            self._train_all()
+            if cfg.bench.enabled:
+                t = time.perf_counter()
+                self.log.say("bench    timing batch-1 latency and throughput "
+                             "(teacher and student interleaved)")
+                metrics["inference"] = time_models(
+                    {r: self.models[r] for r in ("teacher", "student")},
+                    self.test.inputs(slice(0, 1024)), latency_repeats=cfg.bench.latency_repeats,
+                    throughput_batch=cfg.bench.throughput_batch,
+                    throughput_repeats=cfg.bench.throughput_repeats)
+                self.phase("bench", t)
+            self.timings["total_seconds"] = time.perf_counter() - self.started
+            metrics["timings"] = self.timings
+            metrics["status"] = "complete"
+            self.save_metrics()
+            write_report(self.out_dir)
+        except KeyboardInterrupt:
+            metrics["status"] = "interrupted"
+            self.save_metrics()
+            raise RunInterrupted(f"interrupted; checkpoints are kept in {self.out_dir}",
+                                 f"resume with: kdistill run --resume {self.out_dir}") from None
+        except BaseException as exc:
+            metrics.update(status="failed", error=str(exc) or type(exc).__name__)
+            try:
+                self.save_metrics()
+            except OSError:
+                pass  # e.g. the disk is full: the last complete metrics.json stays as it was
+            raise
+        self.log.say(f"done     {self.out_dir}/report.md  ({self.timings['total_seconds']:.1f}s)")
+        return Run(self.out_dir, metrics, self.models)
+
+    def _train_all(self) -> None:
+        cfg = self.cfg
+        self.train_model("teacher", cfg.teacher, trained=bool(cfg.teacher.weights))
+        # The teacher is frozen and the inputs are fixed: its logits are computed once.
         t = time.perf_counter()
-        dataset = load_dataset(cfg.data.name, cfg.data.root).subset(cfg.data.train_subset)
-        n_val = cfg.data.val_size
-        if n_val >= len(dataset.train_labels):
-            raise ConfigError(f"config key 'data.val_size': {n_val} leaves no training data",
-                              "use a smaller validation split")
-        n_train = len(dataset.train_labels) - n_val
-        norm = dict(mean=cfg.data.mean, std=cfg.data.std)
-        train = Images(dataset.train_images[:n_train], dataset.train_labels[:n_train], **norm)
-        val = Images(dataset.train_images[n_train:], dataset.train_labels[n_train:], **norm)
-        test = Images(dataset.test_images, dataset.test_labels, **norm)
-        metrics["dataset"] = {"name": dataset.name, "classes": list(dataset.classes),
-                              "train_size": n_train, "val_size": n_val, "test_size": len(test),
-                              "source": dataset.source.get("source"),
-                              "origin": dataset.source.get("origin"),
-                              "sha256": dataset.source.get("files")}
-        phase("data", t)
-        log.say(f"data     {dataset.name}: {n_train:,} train / {n_val:,} val / {len(test):,} test "
-                f"({dataset.source.get('source', '?')})")
-
-        # Build every model first, so a bad model is reported before any training; the student
-        # and its control get the same initial weights from the same seed.
-        roles = {"teacher": cfg.teacher, "student": cfg.student}
+        teacher_logits = predict_logits(self.models["teacher"], self.train, cfg.eval_batch_size)
+        self.phase("teacher_logits", t)
+        self.train_model("student", cfg.student, teacher_logits)
+        gain = None
         if cfg.control:
-            roles["control"] = cfg.student
-        models = {role: _build(role.replace("control", "student"), spec, cfg.seed, dataset)
-                  for role, spec in roles.items()}
+            self.train_model("control", cfg.student)
+            done = self.metrics["models"]
+            gain = done["student"]["test_accuracy"] - done["control"]["test_accuracy"]
+        self.metrics["distill"] = {**cfg.distill.model_dump(), "gain_over_control": gain}
 
-        def train_model(role: str, spec, teacher=None) -> tuple[nn.Module, dict]:
-            model = models[role]
+    def train_model(self, role: str, spec, teacher: torch.Tensor | None = None,
+                    trained: bool = False) -> None:
+        """Train one model (or load it if a resumed run finished it) and record its metrics."""
+        cfg, model = self.cfg, self.models[role]
+        weights = self.out_dir / f"{role}.safetensors"
+        if role in self.metrics.get("models", {}) and weights.exists():
+            load_weights(weights, model)
+            self.log.say(f"{role:8s} already trained (resumed run)")
+            return
+        history: list[dict] = []
+        if not trained:
             distiller = Distiller(model, teacher, cfg.distill.loss,
                                   temperature=cfg.distill.temperature, alpha=cfg.distill.alpha)
             t0 = time.perf_counter()
-            history = fit(distiller, train, epochs=spec.epochs, batch_size=spec.batch_size,
+            history = fit(distiller, self.train, epochs=spec.epochs, batch_size=spec.batch_size,
                           lr=spec.lr, seed=cfg.seed, optimizer=spec.optimizer,
-                          weight_decay=spec.weight_decay, evaluate_on=test,
-                          on_epoch_end=log.epoch(role, spec.epochs), progress=show, desc=role)
-            phase(role, t0)
-            result = evaluate(model, test, cfg.eval_batch_size, dataset.num_classes)
-            entry = {"model": spec.model, "test_accuracy": result["accuracy"],
-                     "test_loss": result["loss"],
-                     "per_class_accuracy": result["per_class_accuracy"],
-                     "confusion": result["confusion"],
-                     "train_seconds": sum(h["seconds"] for h in history), "history": history}
-            if n_val:
-                entry["val_accuracy"] = evaluate(model, val, cfg.eval_batch_size)["accuracy"]
-            meta = {"role": role, "model": spec.model, "kwargs": spec.kwargs,
-                    "dataset": dataset.name, "test_accuracy": result["accuracy"],
-                    "kdistill_version": __version__}
-            entry["size_bytes"] = save_weights(out_dir / f"{role}.safetensors", model, meta)
-            entry.update(describe_model(model, test.inputs(slice(0, 1))))
-            metrics.setdefault("models", {})[role] = entry
-            atomic_write_json(out_dir / "metrics.json", metrics)
-            return model, entry
-
-        teacher, _ = train_model("teacher", cfg.teacher)
-        # The teacher is frozen and the inputs are fixed: its logits are computed once.
-        t = time.perf_counter()
-        teacher_logits = predict_logits(teacher, train, cfg.eval_batch_size)
-        phase("teacher_logits", t)
-        student, _ = train_model("student", cfg.student, teacher_logits)
-        gain = None
-        if cfg.control:
-            train_model("control", cfg.student)
-            gain = (metrics["models"]["student"]["test_accuracy"]
-                    - metrics["models"]["control"]["test_accuracy"])
-        metrics["distill"] = {**cfg.distill.model_dump(), "gain_over_control": gain}
-
-        if cfg.bench.enabled:
-            t = time.perf_counter()
-            log.say("bench    timing batch-1 latency and throughput (teacher and student interleaved)")
-            metrics["inference"] = time_models(
-                {"teacher": teacher, "student": student}, test.inputs(slice(0, 1024)),
-                latency_repeats=cfg.bench.latency_repeats,
-                throughput_batch=cfg.bench.throughput_batch,
-                throughput_repeats=cfg.bench.throughput_repeats)
-            phase("bench", t)
-        timings["total_seconds"] = time.perf_counter() - started
-        metrics["timings"] = timings
-        metrics["status"] = "complete"
-        atomic_write_json(out_dir / "metrics.json", metrics)
-        write_report(out_dir)
-    except KeyboardInterrupt:
-        metrics["status"] = "interrupted"
-        atomic_write_json(out_dir / "metrics.json", metrics)
-        raise
-    except BaseException as exc:
-        metrics["status"] = "failed"
-        metrics["error"] = str(exc) or type(exc).__name__
-        try:
-            atomic_write_json(out_dir / "metrics.json", metrics)
-        except OSError:
-            pass  # e.g. the disk is full: the last complete metrics.json stays as it was
-        raise
-    log.say(f"done     {out_dir}/report.md  ({timings['total_seconds']:.1f}s)")
-    return Run(out_dir, metrics, models)
+                          weight_decay=spec.weight_decay, schedule=spec.schedule,
+                          evaluate_on=self.test,
+                          on_epoch_end=self.log.epoch(role, spec.epochs), progress=self.show,
+                          desc=role, checkpoint=self.out_dir / "checkpoints" / f"{role}.safetensors",
+                          checkpoint_every=cfg.checkpoint_every)
+            self.phase(role, t0)
+        result = evaluate(model, self.test, cfg.eval_batch_size, self.dataset.num_classes)
+        entry = {"model": spec.model, "test_accuracy": result["accuracy"],
+                 "test_loss": result["loss"], "per_class_accuracy": result["per_class_accuracy"],
+                 "confusion": result["confusion"],
+                 "train_seconds": sum(h["seconds"] for h in history), "history": history}
+        if trained:
+            entry["weights"] = str(cfg.teacher.weights)
+        if len(self.val):
+            entry["val_accuracy"] = evaluate(model, self.val, cfg.eval_batch_size)["accuracy"]
+        meta = {"role": role, "model": spec.model, "kwargs": spec.kwargs,
+                "dataset": self.dataset.name, "test_accuracy": result["accuracy"],
+                "kdistill_version": __version__}
+        entry["size_bytes"] = save_weights(weights, model, meta)
+        entry.update(describe_model(model, self.test.inputs(slice(0, 1))))
+        self.metrics.setdefault("models", {})[role] = entry
+        self.save_metrics()

@@ -1,7 +1,8 @@
 """Datasets as whole uint8 tensors in memory, plus the tensor ops that turn them into batches.
 
 A dataset is named either by the registry (``mnist``, ``fashion-mnist``: verified by sha256) or
-by a directory holding the four IDX files of your own MNIST-style data (checked for structure).
+by a directory holding the four IDX files of your own MNIST-style data (checked for structure),
+optionally with ``classes.txt`` naming one class per line.
 """
 from __future__ import annotations
 
@@ -107,7 +108,10 @@ def load_dataset(name: str, root: str | Path | None = None) -> Dataset:
                            sources.provenance(name, root))
     path = Path(name).expanduser()
     if path.is_dir():
-        return _to_tensors(path.name, _read_dir(path), None,
+        names = path / "classes.txt"  # optional: one class name per line
+        classes = (tuple(c.strip() for c in names.read_text().splitlines() if c.strip())
+                   if names.is_file() else None)
+        return _to_tensors(path.name, _read_dir(path), classes,
                            {"source": "directory", "origin": str(path.resolve())})
     raise DataError(f"unknown dataset {name!r}",
                     f"use one of {', '.join(sources.SOURCES)} or a directory of IDX files")

@@ -1,0 +1,230 @@
+"""Bad input, table-driven: exit code 2, one line on stderr naming the cause, no traceback, and
+nothing already written is damaged (an earlier run and the data cache are hashed before/after)."""
+from __future__ import annotations
+
+import errno
+import gzip
+import hashlib
+import json
+import os
+import pickle
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from kdistill.checkpoint import save_weights
+from kdistill.cli import main
+from kdistill.data.idx import encode_idx
+from kdistill.data.sources import default_root, fetch
+from kdistill.models import create_model
+
+from conftest import QUICK, write_idx_dir
+
+FAST = [*QUICK, "bench.enabled=false"]
+IMAGES, LABELS = "train-images-idx3-ubyte", "train-labels-idx1-ubyte"
+
+
+def _idx_variant(tmp: Path, edit) -> str:
+    """A copy of the synthetic IDX dataset with one file changed by ``edit(directory)``."""
+    directory = write_idx_dir(tmp / "variant", n_train=64, n_test=32)
+    edit(directory)
+    return str(directory)
+
+
+def _replace(name: str, data: bytes):
+    return lambda d: (d / name).write_bytes(data)
+
+
+def _weights(tmp: Path, kind: str) -> str:
+    path = tmp / "w.safetensors"
+    if kind == "pickle":
+        torch.save(create_model("mlp:784-64-10").state_dict(), path)
+    elif kind == "raw-pickle":
+        path.write_bytes(pickle.dumps({"fc1.weight": [1.0]}))
+    else:
+        save_weights(path, create_model("mlp:784-64-10" if kind != "misfit" else "mlp:784-32-10"))
+        if kind == "truncated":
+            path.write_bytes(path.read_bytes()[:-100])
+        elif kind == "garbage":
+            path.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00not json at all!")
+    return str(path)
+
+
+def _corrupt_cache(tmp: Path) -> str:
+    """A data root whose cached MNIST labels file has one flipped byte."""
+    root = tmp / "root"
+    shutil.copytree(default_root() / "mnist", root / "mnist")
+    labels = root / "mnist" / LABELS
+    data = bytearray(labels.read_bytes())
+    data[100] = (data[100] + 1) % 10
+    labels.write_bytes(bytes(data))
+    return str(root)
+
+
+def _user_module(tmp: Path, body: str) -> str:
+    (tmp / "usermods").mkdir(exist_ok=True)
+    (tmp / "usermods" / "badnets.py").write_text(body)
+    return str(tmp / "usermods")
+
+
+# id -> (argv builder, expected pattern in the error line)
+CASES = {
+    "unknown-preset": (lambda t, d: ["run", "--preset", "nope"], r"unknown preset 'nope'"),
+    "config-missing": (lambda t, d: ["run", "--config", str(t / "none.yaml")], r"does not exist"),
+    "config-not-yaml": (lambda t, d: (t / "c.yaml").write_text("a: [b\n") and
+                        ["run", "--config", str(t / "c.yaml")], r"not valid YAML"),
+    "config-not-mapping": (lambda t, d: (t / "c.yaml").write_text("- 1\n") and
+                           ["run", "--config", str(t / "c.yaml")], r"must be a YAML mapping"),
+    "config-unknown-key": (lambda t, d: (t / "c.yaml").write_text("teacher: {depth: 3}\n") and
+                           ["run", "--config", str(t / "c.yaml")], r"unknown config key 'teacher.depth'"),
+    "override-unknown-key": (lambda t, d: ["run", "student.width=3"], r"unknown config key 'student.width'"),
+    "override-syntax": (lambda t, d: ["run", "teacher.epochs"], r"not key=value"),
+    "wrong-type": (lambda t, d: ["run", "teacher.epochs=many"], r"'teacher.epochs'"),
+    "epochs<1": (lambda t, d: ["run", "student.epochs=0"], r"'student.epochs'.*greater than or equal to 1"),
+    "batch<1": (lambda t, d: ["run", "teacher.batch_size=0"], r"'teacher.batch_size'"),
+    "lr<=0": (lambda t, d: ["run", "student.lr=0"], r"'student.lr'.*greater than 0"),
+    "T<=0": (lambda t, d: ["run", "distill.temperature=-1"], r"'distill.temperature'"),
+    "alpha>1": (lambda t, d: ["run", "distill.alpha=1.1"], r"'distill.alpha'"),
+    "alpha<0": (lambda t, d: ["run", "distill.alpha=-0.5"], r"'distill.alpha'"),
+    "unknown-dataset": (lambda t, d: ["run", "data.name=cifar-1000"], r"unknown dataset 'cifar-1000'"),
+    "unknown-model": (lambda t, d: ["run", f"data.name={d}", "teacher.model=vgg99"],
+                      r"'teacher.model'.*unknown model 'vgg99'"),
+    "unknown-loss": (lambda t, d: ["run", "distill.loss=mse2"], r"unknown distillation loss 'mse2'"),
+    "import-missing": (lambda t, d: ["run", f"data.name={d}", "student.model=no_pkg_here.nets:make"],
+                       r"'student.model'.*cannot import"),
+    "import-no-attr": (lambda t, d: ["run", f"data.name={d}", "student.model=kdistill.models:nothing"],
+                       r"has no attribute 'nothing'"),
+    "import-not-model": (lambda t, d: ["run", f"data.name={d}", "student.model=builtins:dict"],
+                         r"not a torch nn.Module"),
+    "class-mismatch": (lambda t, d: ["run", f"data.name={d}", "teacher.model=mlp:784-16-3"],
+                       r"outputs \[3\].*10 classes"),
+    "idx-missing-file": (lambda t, d: ["run", "data.name=" + _idx_variant(t, lambda v: (v / LABELS).unlink())],
+                         r"has no train-labels-idx1-ubyte"),
+    "idx-empty": (lambda t, d: ["run", "data.name=" + _idx_variant(t, _replace(IMAGES, b""))], r"too short"),
+    "idx-truncated": (lambda t, d: ["run", "data.name=" + _idx_variant(
+        t, lambda v: (v / IMAGES).write_bytes((v / IMAGES).read_bytes()[:-7]))], r"truncated or padded"),
+    "idx-wrong-magic": (lambda t, d: ["run", "data.name=" + _idx_variant(
+        t, lambda v: (v / IMAGES).write_bytes(b"\x1f\x8b" + (v / IMAGES).read_bytes()[2:]))], r"bad magic"),
+    "idx-wrong-size": (lambda t, d: ["run", "data.name=" + _idx_variant(
+        t, lambda v: (v / IMAGES).write_bytes((v / IMAGES).read_bytes() + b"\0" * 9))], r"truncated or padded"),
+    "idx-bad-gzip": (lambda t, d: ["run", "data.name=" + _idx_variant(
+        t, lambda v: ((v / LABELS).unlink(), (v / f"{LABELS}.gz").write_bytes(b"\x1f\x8bnot gzip")))],
+                     r"cannot read"),
+    "count-mismatch": (lambda t, d: ["run", "data.name=" + _idx_variant(
+        t, _replace(LABELS, encode_idx(np.zeros(63, np.uint8))))], r"64 images but 63 labels"),
+    "labels-out-of-range": (lambda t, d: ["run", "data.name=" + _idx_variant(
+        t, lambda v: (v / "classes.txt").write_text("a\nb\nc\n"))], r"label 9 but only 3 classes"),
+    "checksum-mismatch": (lambda t, d: ["run", "--data-root", _corrupt_cache(t)], r"sha256"),
+    "weights-pickle": (lambda t, d: ["run", f"data.name={d}", *FAST, "teacher.weights=" + _weights(t, "pickle")],
+                       r"pickle or torch.save"),
+    "weights-raw-pickle": (lambda t, d: ["run", f"data.name={d}", *FAST,
+                                         "teacher.weights=" + _weights(t, "raw-pickle")], r"pickle"),
+    "weights-truncated": (lambda t, d: ["run", f"data.name={d}", *FAST,
+                                        "teacher.weights=" + _weights(t, "truncated")], r"not a valid safetensors"),
+    "weights-garbage": (lambda t, d: ["run", f"data.name={d}", *FAST,
+                                      "teacher.weights=" + _weights(t, "garbage")], r"not a valid safetensors"),
+    "weights-misfit": (lambda t, d: ["run", f"data.name={d}", *FAST,
+                                     "teacher.weights=" + _weights(t, "misfit")], r"does not fit the model"),
+    "weights-missing": (lambda t, d: ["run", f"data.name={d}", *FAST, f"teacher.weights={t}/no.safetensors"],
+                        r"does not exist"),
+    "out-unwritable": (lambda t, d: (t / "file").write_text("x") and
+                       ["run", f"data.name={d}", *FAST, "--out", str(t / "file" / "run")],
+                       r"cannot write to output directory"),
+    "out-holds-run": (lambda t, d: ["run", f"data.name={d}", *FAST, "--out", str(t / "earlier")],
+                      r"already holds a run"),
+    "val-too-large": (lambda t, d: ["run", f"data.name={d}", "data.val_size=100000"], r"'data.val_size'"),
+    "resume-nothing": (lambda t, d: ["run", "--resume", str(t / "nowhere")], r"no resumable run"),
+    "resume-complete": (lambda t, d: ["run", "--resume", str(t / "earlier")], r"already complete"),
+    "resume-with-overrides": (lambda t, d: ["run", "--resume", str(t / "earlier"), "seed=3"],
+                              r"--resume continues a run with its own config"),
+    "report-no-run": (lambda t, d: ["report", str(t / "nowhere")], r"no metrics.json"),
+    "fetch-unknown": (lambda t, d: ["data", "fetch", "svhn"], r"unknown dataset 'svhn'"),
+}
+
+
+def _snapshot(*dirs: Path) -> dict[str, str]:
+    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest()
+            for d in dirs for p in sorted(d.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def earlier(tmp_path_factory):
+    """A finished run and the real data cache: neither may change when bad input is refused."""
+    base = tmp_path_factory.mktemp("errors")
+    data = write_idx_dir(base / "data")
+    fetch("mnist")
+    assert main(["run", "--quiet", "--out", str(base / "earlier"), f"data.name={data}", *FAST]) == 0
+    return base, data
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_input(case, earlier, tmp_path, capsys, monkeypatch):
+    base, data = earlier
+    for name in ("earlier",):
+        (tmp_path / name).symlink_to(base / name)
+    build, pattern = CASES[case]
+    argv = build(tmp_path, data)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    protected = [base / "earlier", default_root() / "mnist"]
+    before = _snapshot(*protected)
+    code = main(["run", "--quiet", *argv[1:]] if argv[0] == "run" else argv)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert lines[0].startswith("kdistill: error: ") and re.search(pattern, lines[0]), lines[0]
+    assert _snapshot(*protected) == before
+
+
+def test_there_are_at_least_30_cases():
+    assert len(CASES) >= 30
+
+
+def test_disk_full_mid_run_keeps_earlier_files(earlier, tmp_path, capsys, monkeypatch):
+    """ENOSPC on the 4th fsync (the teacher's first checkpoint): one line, no temp files left,
+    and what was written before is still valid."""
+    base, data = earlier
+    real_fsync, calls = os.fsync, []
+
+    def full(fd):
+        calls.append(fd)
+        if len(calls) >= 4:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", full)
+    out = tmp_path / "run"
+    code = main(["run", "--quiet", "--out", str(out), f"data.name={data}", *FAST])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "No space left" in err, err
+    assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
+    assert json.loads((out / "metrics.json").read_text())["name"]
+    assert (out / "config.yaml").read_text().startswith("description")
+
+
+def test_nan_loss_names_epoch_and_step_and_keeps_last_checkpoint(earlier, tmp_path, capsys, monkeypatch):
+    base, data = earlier
+    _user_module(tmp_path, (
+        "import torch\nfrom torch import nn\n"
+        "class Bomb(nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__(); self.fc = nn.Linear(784, 10); self.calls = 0\n"
+        "    def forward(self, x):\n"
+        "        self.calls += self.training\n"
+        "        out = self.fc(x.flatten(1))\n"
+        "        return out * float('nan') if self.calls > 20 else out\n"))
+    monkeypatch.syspath_prepend(str(tmp_path / "usermods"))
+    out = tmp_path / "run"
+    code = main(["run", "--quiet", "--out", str(out), f"data.name={data}", *FAST,
+                 "teacher.model=badnets:Bomb", "teacher.batch_size=32"])  # 16 steps per epoch
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "loss became nan at epoch 2, step 5" in err
+    from kdistill.checkpoint import read_weights
+    _, meta = read_weights(out / "checkpoints" / "teacher.safetensors")
+    assert meta["epoch"] == 1
+    assert json.loads((out / "metrics.json").read_text())["status"] == "failed"
