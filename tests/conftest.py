@@ -58,7 +58,8 @@ def idx_dir(tmp_path) -> Path:
 
 # Overrides that make a run on the synthetic data take a second or two.
 QUICK = ["teacher.model=mlp:784-64-10", "teacher.epochs=2", "student.epochs=2",
-         "bench.latency_repeats=5", "bench.throughput_repeats=2", "bench.throughput_batch=64"]
+         "bench.latency_repeats=5", "bench.throughput_repeats=2", "bench.throughput_batches=[1,64]",
+         "bench.onnx=false"]
 
 
 def kdistill(*args: str, env: dict | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:

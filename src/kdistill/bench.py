@@ -1,17 +1,25 @@
-"""What a model costs to run: parameters, multiply-adds, latency and throughput.
+"""What a model costs to run: parameters, multiply-adds, memory, latency and throughput, in
+eager PyTorch, ONNX Runtime and int8.
 
-Timings interleave the models being compared, call by call, so that machine noise hits them
-alike; each uses warm-up calls, many repeats and reports medians.
+Timings interleave every (model, runtime) pair call by call, so machine noise hits them alike;
+each uses warm-up calls and many repeats and reports medians (latency also p90).
 """
 from __future__ import annotations
 
 import statistics
 import time
+import weakref
+from pathlib import Path
+from typing import Any, Callable
 
+import numpy as np
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 from torch.utils.flop_counter import FlopCounterMode
 
+from .engine import Images, predict_logits
 from .models import count_params
 
 
@@ -25,51 +33,126 @@ def count_macs(model: nn.Module, example: torch.Tensor) -> int:
     return counter.get_total_flops() // 2
 
 
+class _PeakTensorMemory(TorchDispatchMode):
+    """Tracks the bytes of live tensors created inside the mode; ``peak`` is their maximum."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.live = self.peak = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for tensor in tree_leaves(out):
+            if isinstance(tensor, torch.Tensor) and tensor._base is None:
+                size = tensor.untyped_storage().nbytes()
+                self.live += size
+                self.peak = max(self.peak, self.live)
+                weakref.finalize(tensor, self._free, size)
+        return out
+
+    def _free(self, size: int) -> None:
+        self.live -= size
+
+
+def peak_memory(model: nn.Module, batch: torch.Tensor) -> int:
+    """Peak bytes of the tensors one eager forward pass allocates (activations and outputs)."""
+    model.eval()
+    with torch.inference_mode(), _PeakTensorMemory() as tracker:
+        model(batch)
+    return tracker.peak
+
+
+def describe_model(model: nn.Module, example: torch.Tensor) -> dict[str, int]:
+    return {"params": count_params(model), "macs_per_sample": count_macs(model, example)}
+
+
 def _percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-@torch.inference_mode()
-def time_models(models: dict[str, nn.Module], example: torch.Tensor, *, latency_repeats: int = 200,
-                throughput_batch: int = 1024, throughput_repeats: int = 10,
-                warmup: int = 20) -> dict[str, dict[str, float]]:
-    """Batch-1 latency (p50, p90) and throughput at ``throughput_batch``, models interleaved.
+def time_callables(fns: dict[str, Callable[[torch.Tensor], Any]], example: torch.Tensor, *,
+                   batches: tuple[int, ...] = (1, 64, 1024), latency_repeats: int = 200,
+                   throughput_repeats: int = 10, warmup: int = 20) -> dict[str, dict]:
+    """Batch-1 latency (p50, p90 in ms) and throughput (images/s) at each batch size.
 
-    ``example`` is a batch of real inputs; it is tiled when smaller than ``throughput_batch``.
+    ``example`` is a batch of real inputs, tiled up to the largest batch size; every function
+    is called on the same inputs, in interleaved order.
     """
-    for m in models.values():
-        m.eval()
+    reps = -(-max(batches) // len(example))
+    tiled = example.repeat(reps, *[1] * (example.dim() - 1))
+    inputs = {b: tiled[:b].contiguous() for b in batches}
     one = example[:1].contiguous()
-    reps = -(-throughput_batch // len(example))
-    big = example.repeat(reps, *[1] * (example.dim() - 1))[:throughput_batch].contiguous()
-    latencies: dict[str, list[float]] = {n: [] for n in models}
-    batch_times: dict[str, list[float]] = {n: [] for n in models}
-    for _ in range(warmup):
-        for m in models.values():
-            m(one)
-    for m in models.values():
-        m(big)
-    for _ in range(latency_repeats):
-        for name, m in models.items():
-            start = time.perf_counter()
-            m(one)
-            latencies[name].append(time.perf_counter() - start)
-    for _ in range(throughput_repeats):
-        for name, m in models.items():
-            start = time.perf_counter()
-            m(big)
-            batch_times[name].append(time.perf_counter() - start)
-    return {
-        name: {
-            "latency_batch1_ms": statistics.median(latencies[name]) * 1e3,
-            "latency_batch1_p90_ms": _percentile(latencies[name], 0.9) * 1e3,
-            "throughput_per_s": throughput_batch / statistics.median(batch_times[name]),
-            "throughput_batch": throughput_batch,
-        }
-        for name in models
-    }
+    with torch.inference_mode():
+        for _ in range(warmup):
+            for fn in fns.values():
+                fn(one)
+        for x in inputs.values():
+            for fn in fns.values():
+                fn(x)
+        latency: dict[str, list[float]] = {n: [] for n in fns}
+        for _ in range(latency_repeats):
+            for name, fn in fns.items():
+                start = time.perf_counter()
+                fn(one)
+                latency[name].append(time.perf_counter() - start)
+        seconds: dict[str, dict[int, list[float]]] = {n: {b: [] for b in batches} for n in fns}
+        for _ in range(throughput_repeats):
+            for b, x in inputs.items():
+                for name, fn in fns.items():
+                    start = time.perf_counter()
+                    fn(x)
+                    seconds[name][b].append(time.perf_counter() - start)
+    return {name: {"latency_batch1_ms": statistics.median(latency[name]) * 1e3,
+                   "latency_batch1_p90_ms": _percentile(latency[name], 0.9) * 1e3,
+                   "throughput_per_s": {b: b / statistics.median(seconds[name][b]) for b in batches}}
+            for name in fns}
 
 
-def describe_model(model: nn.Module, example: torch.Tensor) -> dict[str, int]:
-    return {"params": count_params(model), "macs_per_sample": count_macs(model, example)}
+def _accuracy(logits: np.ndarray, data: Images) -> float:
+    return float((logits.argmax(1) == data.labels.numpy()).mean())
+
+
+def deployment_bench(models: dict[str, nn.Module], test: Images, out_dir: Path, *,
+                     batches: tuple[int, ...] = (1, 64, 1024), latency_repeats: int = 200,
+                     throughput_repeats: int = 10, onnx: bool = True) -> dict[str, dict]:
+    """Measure each model in eager PyTorch and, with ``onnx``, exported to ONNX Runtime (parity
+    checked on the whole test set) and int8 (ONNX Runtime dynamic quantization).
+
+    Returns ``{role: {params, macs_per_sample, peak_memory_bytes, runtimes: {eager, onnx, int8:
+    {latency_batch1_ms, latency_batch1_p90_ms, throughput_per_s: {batch: images/s},
+    test_accuracy, bytes}}, onnx_parity}}``; ONNX files are written into ``out_dir``.
+    """
+    from .export import check_parity, export_onnx, ort_logits, ort_session, quantize_int8
+
+    example = test.inputs(slice(0, min(len(test), max(batches))))
+    fns: dict[str, Callable[[torch.Tensor], Any]] = {}
+    result: dict[str, dict] = {}
+    for role, model in models.items():
+        model.eval()
+        eager_accuracy = _accuracy(predict_logits(model, test).numpy(), test)
+        entry: dict[str, Any] = {**describe_model(model, example),
+                                 "peak_memory_bytes": peak_memory(model, example),
+                                 "runtimes": {"eager": {"test_accuracy": eager_accuracy}}}
+        fns[f"{role}/eager"] = model
+        if onnx:
+            path = export_onnx(model, example, out_dir / f"{role}.onnx")
+            session = ort_session(path)
+            entry["onnx_parity"] = check_parity(model, session, test)
+            int8_path = quantize_int8(path, out_dir / f"{role}.int8.onnx")
+            int8 = ort_session(int8_path)
+            entry["runtimes"]["onnx"] = {"test_accuracy": _accuracy(ort_logits(session, test), test),
+                                         "bytes": path.stat().st_size}
+            entry["runtimes"]["int8"] = {"test_accuracy": _accuracy(ort_logits(int8, test), test),
+                                         "bytes": int8_path.stat().st_size}
+            entry["runtimes"]["int8"]["accuracy_delta"] = (
+                entry["runtimes"]["int8"]["test_accuracy"] - eager_accuracy)
+            for name, sess in (("onnx", session), ("int8", int8)):
+                fns[f"{role}/{name}"] = (lambda s: lambda x: s.run(None, {"images": x.numpy()}))(sess)
+        result[role] = entry
+    timings = time_callables(fns, example, batches=batches, latency_repeats=latency_repeats,
+                             throughput_repeats=throughput_repeats)
+    for key, numbers in timings.items():
+        role, runtime = key.split("/")
+        result[role]["runtimes"][runtime].update(numbers)
+    return result

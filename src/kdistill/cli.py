@@ -24,6 +24,9 @@ HELP_EXAMPLES = {
     "fetch": "kdistill data fetch mnist\n  kdistill data fetch mnist --data-root /data/kd --offline",
     "info": "kdistill data info\n  kdistill data info --data-root /data/kd",
     "report": "kdistill report runs/seed-20250101-120000   # rewrites report.md, report.html, plots/",
+    "bench": "kdistill bench runs/seed-20250101-120000            # eager, ONNX Runtime, int8\n"
+             "  kdistill bench runs/seed-20250101-120000 --no-onnx  # eager PyTorch only",
+    "export": "kdistill export runs/seed-20250101-120000 --onnx   # writes <role>.onnx, checks parity",
     "runs": "kdistill runs              # the runs under runs/\n  kdistill runs /tmp/sweep",
     "presets": "kdistill presets\n  kdistill run --preset seed",
     "models": "kdistill models\n  kdistill run teacher.model=mlp:784-800-800-10\n"
@@ -68,6 +71,12 @@ def _parser() -> argparse.ArgumentParser:
 
     rep = _add(sub, "report", "re-render report.md, report.html and plots from metrics.json")
     rep.add_argument("run_dir", type=Path)
+    b = _add(sub, "bench", "measure a run's teacher and student: latency, throughput, ONNX, int8")
+    b.add_argument("run_dir", type=Path)
+    b.add_argument("--no-onnx", action="store_true", help="time eager PyTorch only")
+    e = _add(sub, "export", "export a run's models to ONNX with a parity check")
+    e.add_argument("run_dir", type=Path)
+    e.add_argument("--onnx", action="store_true", required=True, help="export format (ONNX)")
     runs = _add(sub, "runs", "list runs with their status and key numbers")
     runs.add_argument("directory", type=Path, nargs="?", default=Path("runs"),
                       help="a directory of runs, or one run (default runs/)")
@@ -146,6 +155,19 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "runs":
             return _cmd_runs(args.directory)
+        if args.command == "bench":
+            from .pipeline import bench_run
+
+            metrics = bench_run(args.run_dir, onnx=not args.no_onnx)
+            print(json.dumps(metrics["deployment"], indent=2))
+            return 0
+        if args.command == "export":
+            from .pipeline import export_run
+
+            for role, info in export_run(args.run_dir).items():
+                print(f"{role}: {info['path']}  max |Δlogit| {info['max_abs_logit_diff']:.2e}, "
+                      f"identical test predictions: {info['identical_predictions']}")
+            return 0
         if args.command in ("presets", "models", "losses"):
             from . import list_losses, list_models, list_presets
 

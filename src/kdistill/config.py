@@ -63,9 +63,18 @@ class DistillConfig(_Strict):
 
 class BenchConfig(_Strict):
     enabled: bool = Field(True, description="measure latency and throughput after training")
-    latency_repeats: int = Field(200, ge=1, description="timed batch-1 calls per model")
-    throughput_batch: int = Field(1024, ge=1)
+    onnx: bool = Field(True, description="also export to ONNX (parity-checked) and int8, and time them")
+    latency_repeats: int = Field(200, ge=1, description="timed batch-1 calls per model and runtime")
+    throughput_batches: list[int] = Field([1, 64, 1024], min_length=1,
+                                          description="batch sizes whose throughput is measured")
     throughput_repeats: int = Field(10, ge=1)
+
+    @field_validator("throughput_batches")
+    @classmethod
+    def _positive(cls, batches: list[int]) -> list[int]:
+        if any(b < 1 for b in batches):
+            raise ValueError("batch sizes must be at least 1")
+        return sorted(set(batches))
 
 
 class RunConfig(_Strict):

@@ -21,11 +21,12 @@ import torch
 from torch import nn
 
 from . import __version__
-from .bench import describe_model, time_models
+from .bench import deployment_bench, describe_model
 from .checkpoint import load_weights, save_weights
 from .config import RunConfig, from_dict, load_config, to_yaml
 from .data import Dataset, load_dataset
 from .engine import Distiller, Images, evaluate, fit, predict_logits
+from .export import check_parity, export_onnx, ort_session
 from .errors import ConfigError, KdistillError, RunInterrupted
 from .files import atomic_write_json, atomic_write_text
 from .models import create_model
@@ -220,6 +221,68 @@ def run(config: RunConfig | str | Path | dict | None = None, out: str | Path | N
                            progress, started).run()
 
 
+def record_bench(metrics: dict, cfg: RunConfig, models: dict[str, nn.Module], test: Images,
+                 out_dir: Path) -> None:
+    """Run the deployment benchmark on teacher and student and store it in ``metrics``."""
+    deployment = deployment_bench(
+        {r: models[r] for r in ("teacher", "student")}, test, out_dir,
+        batches=tuple(cfg.bench.throughput_batches), latency_repeats=cfg.bench.latency_repeats,
+        throughput_repeats=cfg.bench.throughput_repeats, onnx=cfg.bench.onnx)
+    biggest = max(cfg.bench.throughput_batches)
+    metrics["deployment"] = deployment
+    metrics["inference"] = {
+        role: {"latency_batch1_ms": d["runtimes"]["eager"]["latency_batch1_ms"],
+               "latency_batch1_p90_ms": d["runtimes"]["eager"]["latency_batch1_p90_ms"],
+               "throughput_per_s": d["runtimes"]["eager"]["throughput_per_s"][biggest],
+               "throughput_batch": biggest}
+        for role, d in deployment.items()}
+
+
+def load_run(run_dir: str | Path) -> tuple[Path, RunConfig, dict, Images, dict[str, nn.Module]]:
+    """A finished run's directory, config, metrics, test split and trained models."""
+    run_dir = Path(run_dir)
+    try:
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+    except (OSError, ValueError):
+        raise KdistillError(f"{run_dir} has no readable metrics.json", "give a run directory") from None
+    cfg = load_config(path=run_dir / "config.yaml")
+    dataset = load_dataset(cfg.data.name, cfg.data.root)
+    test = _splits(cfg, dataset)[2]
+    models = {}
+    for role in metrics.get("models", {}):
+        spec = cfg.teacher if role == "teacher" else cfg.student
+        models[role] = _build(role.replace("control", "student"), spec, cfg.seed, dataset)
+        load_weights(run_dir / f"{role}.safetensors", models[role])
+    if not {"teacher", "student"} <= set(models):
+        raise KdistillError(f"{run_dir} has no trained teacher and student yet",
+                            "finish it with kdistill run --resume")
+    return run_dir, cfg, metrics, test, models
+
+
+def bench_run(run_dir: str | Path, onnx: bool = True) -> dict:
+    """Re-measure a finished run (``kdistill bench``): update metrics.json and the report."""
+    run_dir, cfg, metrics, test, models = load_run(run_dir)
+    torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
+    cfg.bench.onnx = onnx
+    with _locked(run_dir):
+        record_bench(metrics, cfg, models, test, run_dir)
+        metrics["env"] = environment()
+        atomic_write_json(run_dir / "metrics.json", metrics)
+        write_report(run_dir)
+    return metrics
+
+
+def export_run(run_dir: str | Path) -> dict[str, dict]:
+    """Export every model of a finished run to ONNX (``kdistill export --onnx``), parity-checked."""
+    run_dir, _, _, test, models = load_run(run_dir)
+    out = {}
+    with _locked(run_dir):
+        for role, model in models.items():
+            path = export_onnx(model, test.inputs(slice(0, 1)), run_dir / f"{role}.onnx")
+            out[role] = {"path": str(path), **check_parity(model, ort_session(path), test)}
+    return out
+
+
 class _Experiment:
     """One run's phases, each skipped when a resumed run already finished it."""
 
@@ -258,13 +321,9 @@ class _Experiment:
             self._train_all()
             if cfg.bench.enabled:
                 t = time.perf_counter()
-                self.log.say("bench    timing batch-1 latency and throughput "
-                             "(teacher and student interleaved)")
-                metrics["inference"] = time_models(
-                    {r: self.models[r] for r in ("teacher", "student")},
-                    self.test.inputs(slice(0, 1024)), latency_repeats=cfg.bench.latency_repeats,
-                    throughput_batch=cfg.bench.throughput_batch,
-                    throughput_repeats=cfg.bench.throughput_repeats)
+                self.log.say("bench    timing teacher and student, interleaved"
+                             + (" (eager, ONNX Runtime, int8)" if cfg.bench.onnx else ""))
+                record_bench(metrics, cfg, self.models, self.test, self.out_dir)
                 self.phase("bench", t)
             self.timings["total_seconds"] = time.perf_counter() - self.started
             metrics["timings"] = self.timings

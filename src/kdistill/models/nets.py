@@ -10,10 +10,11 @@ class TeacherNet(nn.Module):
 
     67,786 parameters, about 528k multiply-adds per 28x28 image as the spec wrote it.
 
-    The forward pass computes exactly the spec's function, cheaper: the stride-5 pool reads only
-    the first 20 of the 24 conv rows and columns, so the conv runs on the 24x24 crop that feeds
-    them, and ReLU (monotonic) is applied after the max instead of before. Outputs and gradients
-    are identical; the conv writes 31 % less and ReLU touches 25x fewer values.
+    The forward pass computes the spec's function, cheaper: the stride-5 pool reads only the
+    first 20 of the 24 conv rows and columns, so the conv runs on the 24x24 crop that feeds them;
+    ReLU (monotonic) is applied after the max instead of before; and the conv runs channels-last,
+    oneDNN's fast layout. The conv writes 31 % less, ReLU touches 25x fewer values, and inference
+    is several times faster; outputs equal the spec's up to float rounding (~1e-7).
     """
 
     def __init__(self, num_classes: int = 10, in_channels: int = 1) -> None:
@@ -24,7 +25,8 @@ class TeacherNet(nn.Module):
         self.fc2 = nn.Linear(128, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = torch.relu(self.pool(self.conv1(x[:, :, :24, :24])))
+        x = self.conv1(x[:, :, :24, :24].contiguous(memory_format=torch.channels_last))
+        x = torch.relu(self.pool(x))
         return self.fc2(torch.relu(self.fc1(x.flatten(1))))
 
 

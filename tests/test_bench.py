@@ -1,0 +1,53 @@
+"""Deployment measurements: ONNX parity, int8, interleaved timing, memory, and the CLI."""
+import json
+
+import torch
+from torch import nn
+
+from kdistill.bench import peak_memory, time_callables
+from kdistill.cli import main
+
+from conftest import QUICK
+
+
+def test_peak_memory_counts_live_activations():
+    model = nn.Sequential(nn.Linear(100, 1000), nn.ReLU(), nn.Linear(1000, 10))
+    peak = peak_memory(model, torch.zeros(50, 100))
+    # the 50x1000 hidden layer lives alongside its ReLU output at the peak
+    assert 2 * 50 * 1000 * 4 <= peak <= 3 * 50 * 1000 * 4 + 50 * 10 * 4
+
+
+def test_time_callables_reports_every_batch_size():
+    slow = nn.Linear(784, 4096)
+    fast = nn.Linear(784, 8)
+    result = time_callables({"slow": lambda x: slow(x.flatten(1)), "fast": lambda x: fast(x.flatten(1))},
+                            torch.randn(16, 1, 28, 28), batches=(1, 32), latency_repeats=20,
+                            throughput_repeats=3, warmup=2)
+    for name in ("slow", "fast"):
+        assert set(result[name]["throughput_per_s"]) == {1, 32}
+        assert result[name]["latency_batch1_p90_ms"] >= result[name]["latency_batch1_ms"] > 0
+    assert result["fast"]["throughput_per_s"][32] > result["slow"]["throughput_per_s"][32]
+
+
+def test_run_with_onnx_bench_and_export(idx_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    args = [q for q in QUICK if q != "bench.onnx=false"]
+    assert main(["run", "--quiet", "--out", str(out), f"data.name={idx_dir}", *args]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    for role in ("teacher", "student"):
+        d = metrics["deployment"][role]
+        assert d["onnx_parity"]["max_abs_logit_diff"] <= 1e-4 and d["onnx_parity"]["identical_predictions"]
+        assert set(d["runtimes"]) == {"eager", "onnx", "int8"}
+        assert d["runtimes"]["onnx"]["test_accuracy"] == d["runtimes"]["eager"]["test_accuracy"]
+        assert abs(d["runtimes"]["int8"]["accuracy_delta"]) < 0.05
+        assert d["runtimes"]["int8"]["bytes"] < d["runtimes"]["onnx"]["bytes"]
+        assert d["peak_memory_bytes"] > 0 and d["macs_per_sample"] > 0
+        assert (out / f"{role}.onnx").is_file() and (out / f"{role}.int8.onnx").is_file()
+    capsys.readouterr()
+    assert main(["export", str(out), "--onnx"]) == 0
+    printed = capsys.readouterr().out
+    assert "control:" in printed and "identical test predictions: True" in printed
+    assert main(["bench", str(out), "--no-onnx"]) == 0
+    again = json.loads((out / "metrics.json").read_text())
+    assert set(again["deployment"]["student"]["runtimes"]) == {"eager"}
+    assert again["inference"]["student"]["latency_batch1_ms"] > 0
