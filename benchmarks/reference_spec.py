@@ -85,9 +85,10 @@ def run(train_images, train_labels, test_images, test_labels, epochs: int = 5) -
                 if role == "teacher":
                     loss = F.cross_entropy(out, y)
                 else:
+                    teacher.eval()
                     with torch.no_grad():
-                        teacher.eval()
-                        loss = kd_loss(out, teacher(x))
+                        teacher_logits = teacher(x)
+                    loss = kd_loss(out, teacher_logits)
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
