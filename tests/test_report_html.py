@@ -13,7 +13,7 @@ from PIL import Image
 
 from conftest import QUICK, kdistill, write_idx_dir
 from kdistill.cli import main
-from kdistill.plots import write_plots
+from kdistill.plots import tradeoff_points, write_plots
 from kdistill.report import markdown_to_html
 
 PLOTS = ("accuracy", "tradeoff", "confusion")
@@ -71,6 +71,20 @@ def test_plots_skip_what_the_metrics_lack(run_dir, tmp_path):
                                               "tradeoff": "plots/tradeoff.png"}
     assert not (tmp_path / "plots" / "confusion.png").exists()
     assert write_plots(tmp_path, {"models": {}}) == {}
+
+
+def test_tradeoff_shows_deployed_variants_a_run_measured(run_dir):
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    # QUICK skips ONNX, so the run timed the eager models alone: three points.
+    assert [p["label"] for p in tradeoff_points(metrics)] == [
+        "teacher", "distilled student", "control (labels only)"]
+    metrics["deployment"] = {"student": {"runtimes": {
+        "eager": {"test_accuracy": 0.9, "latency_batch1_ms": 0.03},
+        "int8": {"test_accuracy": 0.89, "latency_batch1_ms": 0.01}}}}
+    int8 = tradeoff_points(metrics)[-1]
+    assert int8 == {"label": "distilled student, int8", "role": "student", "marker": "^",
+                    "accuracy": 89.0, "latency_ms": 0.01, "macs": None}
+    assert len(tradeoff_points(metrics)) == 4  # no ONNX entry measured: no ONNX point
 
 
 def test_markdown_subset_converts_to_html(tmp_path):

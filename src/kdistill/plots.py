@@ -20,6 +20,8 @@ COLORS = {"teacher": "#1f77b4", "student": "#d62728", "control": "#7f7f7f"}
 # A model without its own inference measurements shares another's: the control is the student's
 # architecture, so it runs exactly as fast and costs as many multiply-adds.
 SHARES_INFERENCE = {"control": "student"}
+# Deployed variants of a model (metrics["deployment"][role]["runtimes"]): same colour, own marker.
+RUNTIMES = {"onnx": ("ONNX Runtime", "s"), "int8": ("int8", "^")}
 DPI = 100
 PLOT_DIR = "plots"
 
@@ -54,10 +56,11 @@ def accuracy_figure(metrics: dict) -> Figure | None:
 
 
 def tradeoff_points(metrics: dict) -> list[dict]:
-    """Each model with its accuracy, batch-1 latency (ms, or None) and MACs per sample.
+    """Each model, and each deployed variant a run measured (ONNX Runtime, int8), with its label,
+    role, marker, accuracy (%), batch-1 latency (ms) and MACs per sample; unmeasured values are None.
 
-    Every entry of ``metrics["models"]`` is a point, so variants (an ONNX or int8 student, say)
-    appear once a run records them; values a run did not measure are None.
+    Variants carry no MACs: they do the multiply-adds of the model they export, and on that
+    panel would only hide it.
     """
     inference = metrics.get("inference", {})
     points = []
@@ -65,9 +68,17 @@ def tradeoff_points(metrics: dict) -> list[dict]:
         if m.get("test_accuracy") is None:
             continue
         timing = inference.get(role) or inference.get(SHARES_INFERENCE.get(role, ""), {})
-        points.append({"role": role, "accuracy": 100 * m["test_accuracy"],
+        points.append({"label": _label(role), "role": role, "marker": "o",
+                       "accuracy": 100 * m["test_accuracy"],
                        "latency_ms": timing.get("latency_batch1_ms"),
                        "macs": m.get("macs_per_sample")})
+    for role, entry in metrics.get("deployment", {}).items():
+        for runtime, (name, marker) in RUNTIMES.items():
+            measured = entry.get("runtimes", {}).get(runtime, {})
+            if measured.get("test_accuracy") is not None and measured.get("latency_batch1_ms"):
+                points.append({"label": f"{_label(role)}, {name}", "role": role, "marker": marker,
+                               "accuracy": 100 * measured["test_accuracy"],
+                               "latency_ms": measured["latency_batch1_ms"], "macs": None})
     return points
 
 
@@ -75,7 +86,7 @@ def _scatter(ax, points: list[dict], key: str) -> None:
     for p in points:
         # The control sits on the student's x: a hollow marker keeps both visible.
         hollow = p["role"] in SHARES_INFERENCE
-        ax.scatter(p[key], p["accuracy"], s=60, label=_label(p["role"]),
+        ax.scatter(p[key], p["accuracy"], s=60, label=p["label"], marker=p["marker"],
                    color="none" if hollow else _color(p["role"]),
                    edgecolors=_color(p["role"]) or "black", linewidths=1.5, zorder=3)
     # A linear axis from zero: with a handful of models, ratios read straight off the plot.
@@ -91,7 +102,7 @@ def tradeoff_figure(metrics: dict) -> Figure | None:
               if any(p[key] for p in points)]
     if not panels:
         return None
-    fig = Figure(figsize=(3.4 * len(panels) + 0.6, 3.4), dpi=DPI, layout="constrained")
+    fig = Figure(figsize=(3.2 * len(panels) + 2.4, 3.4), dpi=DPI, layout="constrained")
     axes = fig.subplots(1, len(panels), sharey=True, squeeze=False)[0]
     for ax, (key, label) in zip(axes, panels):
         _scatter(ax, [p for p in points if p[key]], key)
@@ -99,7 +110,8 @@ def tradeoff_figure(metrics: dict) -> Figure | None:
         if key == "macs":
             ax.xaxis.set_major_formatter(EngFormatter(sep=""))  # 100k, 1.5M
     axes[0].set_ylabel("test accuracy (%)")
-    axes[0].legend(fontsize="small")
+    # The first panel holds every point (the MACs panel leaves out deployed variants).
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside right upper", fontsize="small")
     fig.suptitle("Accuracy against cost")
     return fig
 
