@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -12,6 +14,7 @@ EXAMPLES = """examples:
   kdistill run                                   # the spec's experiment (preset seed)
   kdistill run --out runs/demo student.epochs=3  # override any config key
   kdistill run --config my.yaml distill.loss=hinton distill.temperature=4 distill.alpha=0.9
+  kdistill run --nproc 2                         # DistributedDataParallel (torchrun), 2 processes
   kdistill report runs/demo                       # re-render report.md, report.html, plots
   kdistill runs                                  # list runs with status and accuracies
   kdistill data fetch mnist
@@ -57,6 +60,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--out", type=Path, help="run directory (default runs/<preset>-<timestamp>)")
     r.add_argument("--data-root", help="where datasets live (same as data.root)")
     r.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    r.add_argument("--nproc", type=int, default=1, metavar="N",
+                   help="train with N processes (DistributedDataParallel via torchrun)")
     r.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. seed=1")
     r.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
@@ -86,17 +91,38 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _cmd_run(args: argparse.Namespace) -> int:
+def _cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
+    if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
+        return _torchrun(args.nproc, argv)
+    from . import distributed
     from .pipeline import run
 
     overrides = list(args.overrides)
     if args.data_root:
         overrides.append(f"data.root={args.data_root}")
-    if args.resume:
-        run(resume=args.resume, overrides=overrides, out=args.out, quiet=args.quiet)
-    else:
-        run(args.config or args.preset, args.out, overrides=overrides, quiet=args.quiet)
+    try:
+        if args.resume:
+            run(resume=args.resume, overrides=overrides, out=args.out, quiet=args.quiet)
+        else:
+            run(args.config or args.preset, args.out, overrides=overrides, quiet=args.quiet)
+    finally:
+        distributed.shutdown()
     return 0
+
+
+def _torchrun(nproc: int, argv: list[str]) -> int:
+    """Relaunch this very command under torchrun with ``nproc`` processes on this machine."""
+    rest, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            rest.append(arg)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               f"--nproc-per-node={nproc}", "-m", "kdistill", *rest]
+    return subprocess.run(command).returncode
 
 
 def _cmd_data(args: argparse.Namespace) -> int:
@@ -140,10 +166,11 @@ def _listing(items: dict[str, str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = _parser().parse_args(argv)
     try:
         if args.command == "run":
-            return _cmd_run(args)
+            return _cmd_run(args, argv)
         if args.command == "data":
             return _cmd_data(args)
         if args.command == "report":

@@ -16,8 +16,10 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
+from . import distributed
 from .checkpoint import load_train_state, save_train_state
 from .data.datasets import batch_indices, normalize
 from .errors import KdistillError
@@ -39,6 +41,14 @@ class Images:
     def inputs(self, index: torch.Tensor | slice) -> torch.Tensor:
         return normalize(self.images[index], self.mean, self.std)
 
+    def rank_slice(self) -> slice:
+        """This process's contiguous share of the examples (all of them outside torchrun)."""
+        world, rank = distributed.world_size(), distributed.rank()
+        return slice(rank * len(self) // world, (rank + 1) * len(self) // world)
+
+    def subset(self, index: torch.Tensor | slice) -> "Images":
+        return Images(self.images[index], self.labels[index], self.mean, self.std)
+
 
 class Distiller(nn.Module):
     """A student trained against a frozen teacher with a named objective (mdistiller style).
@@ -52,6 +62,7 @@ class Distiller(nn.Module):
                  loss: str = "kl", **loss_params: float) -> None:
         super().__init__()
         self.student = student
+        self.student_runner: nn.Module = student  # what runs the student: DDP wraps it in fit()
         self.teacher_logits = teacher if isinstance(teacher, torch.Tensor) else None
         self.teacher = teacher if isinstance(teacher, nn.Module) else None
         if self.teacher is not None:
@@ -70,7 +81,7 @@ class Distiller(nn.Module):
 
     def forward_train(self, x: torch.Tensor, y: torch.Tensor,
                       index: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        logits = self.student(x)
+        logits = self.student_runner(x)
         if self.objective is None:
             return logits, {"ce": F.cross_entropy(logits, y)}
         if self.teacher_logits is not None:
@@ -119,10 +130,18 @@ def fit(distiller: Distiller, train: Images, *, epochs: int, batch_size: int, lr
     With ``checkpoint``, the full training state is saved there (atomically) every
     ``checkpoint_every`` epochs and at the end; if the file exists, training continues from it
     and ends bitwise identical to a run that was never stopped.
+
+    Under torchrun every rank draws the same seeded permutation and takes its share of each
+    global batch of ``batch_size``; the student runs in DistributedDataParallel, which averages
+    the gradients, so a step sees the same global batch as one process would. Rank 0 saves the
+    checkpoints.
     """
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     opt = make_optimizer(optimizer, distiller.get_learnable_parameters(), lr, weight_decay)
+    world, rank = distributed.world_size(), distributed.rank()
+    if world > 1:
+        distiller.student_runner = DistributedDataParallel(distiller.student)
     steps = math.ceil(len(train) / batch_size)
     scheduler = make_scheduler(schedule, opt, epochs * steps)
     show = sys.stderr.isatty() if progress is None else progress
@@ -139,6 +158,7 @@ def fit(distiller: Distiller, train: Images, *, epochs: int, batch_size: int, lr
         bar = tqdm(total=steps, desc=f"{desc} {epoch}/{epochs}", disable=not show, leave=False,
                    unit="step", dynamic_ncols=True)
         for step, index in enumerate(batch_indices(len(train), batch_size, generator), start=1):
+            index = index.tensor_split(world)[rank] if world > 1 else index
             x, y = train.inputs(index), train.labels[index]
             _, terms = distiller.forward_train(x, y, index)
             loss = sum(terms.values())
@@ -166,7 +186,7 @@ def fit(distiller: Distiller, train: Images, *, epochs: int, batch_size: int, lr
         history.append(record)
         if on_epoch_end is not None:
             on_epoch_end(record)
-        if checkpoint is not None and (epoch == epochs or (checkpoint_every and epoch % checkpoint_every == 0)):
+        if checkpoint is not None and distributed.is_main() and (epoch == epochs or (checkpoint_every and epoch % checkpoint_every == 0)):
             save_train_state(checkpoint, distiller.student, opt, scheduler, generator, epoch,
                              history)
     return history
@@ -183,17 +203,34 @@ def predict_logits(model: nn.Module, data: Images, batch_size: int = 256) -> tor
     return out
 
 
+def predict_logits_shared(model: nn.Module, data: Images, batch_size: int = 256) -> torch.Tensor:
+    """:func:`predict_logits` for all of ``data``, each rank computing its share (torchrun)."""
+    part = data.rank_slice()
+    mine = predict_logits(model, data.subset(part), batch_size)
+    if distributed.world_size() == 1:
+        return mine
+    full = torch.zeros(len(data), *mine.shape[1:], dtype=mine.dtype)
+    full[part] = mine
+    return distributed.all_reduce_sum(full)  # the other shares are zeros: the sum is exact
+
+
 def evaluate(model: nn.Module, data: Images, batch_size: int = 256,
              num_classes: int | None = None) -> dict:
-    """Accuracy (fraction), mean cross-entropy, per-class accuracy and confusion matrix."""
-    logits = predict_logits(model, data, batch_size)
+    """Accuracy (fraction), mean cross-entropy, per-class accuracy and confusion matrix.
+
+    Under torchrun each rank evaluates its slice of ``data`` and the counts are summed.
+    """
+    mine = data.subset(data.rank_slice())
+    logits = predict_logits(model, mine, batch_size)
     k = num_classes or logits.shape[1]
-    predictions = logits.argmax(1)
-    confusion = torch.bincount(data.labels * k + predictions, minlength=k * k).reshape(k, k)
+    confusion = torch.bincount(mine.labels * k + logits.argmax(1), minlength=k * k).reshape(k, k)
+    loss_sum = F.cross_entropy(logits, mine.labels, reduction="sum").reshape(1).double()
+    confusion = distributed.all_reduce_sum(confusion)
+    loss_sum = distributed.all_reduce_sum(loss_sum)
     support = confusion.sum(1).clamp_min(1)
     return {
-        "accuracy": (predictions == data.labels).sum().item() / len(data),
-        "loss": F.cross_entropy(logits, data.labels).item(),
+        "accuracy": confusion.diag().sum().item() / len(data),
+        "loss": loss_sum.item() / len(data),
         "per_class_accuracy": (confusion.diag() / support).tolist(),
         "confusion": confusion.tolist(),
     }

@@ -20,12 +20,12 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from . import __version__
+from . import __version__, distributed
 from .bench import deployment_bench, describe_model
 from .checkpoint import load_weights, save_weights
 from .config import RunConfig, from_dict, load_config, to_yaml
 from .data import Dataset, load_dataset
-from .engine import Distiller, Images, evaluate, fit, predict_logits
+from .engine import Distiller, Images, evaluate, fit, predict_logits_shared
 from .export import check_parity, export_onnx, ort_session
 from .errors import ConfigError, KdistillError, RunInterrupted
 from .files import atomic_write_json, atomic_write_text
@@ -122,8 +122,8 @@ class _Reporter:
     Lines are keyed by (phase, epoch), so an epoch re-run after a resume replaces its line.
     """
 
-    def __init__(self, out_dir: Path, quiet: bool) -> None:
-        self.path, self.quiet = out_dir / "log.jsonl", quiet
+    def __init__(self, out_dir: Path, quiet: bool, write: bool = True) -> None:
+        self.path, self.quiet, self.write = out_dir / "log.jsonl", quiet, write
         self.lines: dict[tuple[str, int], str] = {}
         if self.path.exists():
             for line in self.path.read_text().splitlines():
@@ -133,7 +133,8 @@ class _Reporter:
     def epoch(self, phase: str, total: int) -> Callable[[dict], None]:
         def on_epoch_end(record: dict) -> None:
             self.lines[(phase, record["epoch"])] = json.dumps({"phase": phase, **record})
-            atomic_write_text(self.path, "\n".join(self.lines.values()) + "\n")
+            if self.write:
+                atomic_write_text(self.path, "\n".join(self.lines.values()) + "\n")
             acc = record.get("test_accuracy")
             self.say(f"{phase:8s} epoch {record['epoch']}/{total}  loss {record['train_loss']:.4f}"
                      + (f"  test acc {100 * acc:.2f}%" if acc is not None else "")
@@ -193,6 +194,7 @@ def run(config: RunConfig | str | Path | dict | None = None, out: str | Path | N
     dict or :class:`RunConfig`, and ``overrides`` are ``key=value`` strings. ``resume`` names
     the directory of a stopped run to continue from its last checkpoints instead."""
     started = time.perf_counter()
+    distributed.init_from_env()  # a no-op unless started by torchrun
     if resume is not None:
         if config is not None or overrides or out is not None:
             raise ConfigError("--resume continues a run with its own config",
@@ -201,7 +203,12 @@ def run(config: RunConfig | str | Path | dict | None = None, out: str | Path | N
         name = metrics.get("name", out_dir.name)
     else:
         cfg, name = resolve_config(config, overrides)
-    torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
+    world = distributed.world_size()
+    torch.set_num_threads(cfg.threads or max(1, (os.cpu_count() or 1) // world))
+    for role, spec in (("teacher", cfg.teacher), ("student", cfg.student)):
+        if spec.batch_size % world:
+            raise ConfigError(f"config key '{role}.batch_size': {spec.batch_size} does not split "
+                              f"evenly over {world} processes", "use a multiple of the process count")
     # Everything that can be wrong with the input is found before anything is written.
     dataset = load_dataset(cfg.data.name, cfg.data.root).subset(cfg.data.train_subset)
     train, val, test = _splits(cfg, dataset)
@@ -214,11 +221,27 @@ def run(config: RunConfig | str | Path | dict | None = None, out: str | Path | N
     if cfg.teacher.weights:
         load_weights(cfg.teacher.weights, models["teacher"])
     if resume is None:
-        out_dir = prepare_out_dir(out, name)
+        out_dir = _on_main(lambda: prepare_out_dir(out, name))
         metrics = {"name": name, "kdistill_version": __version__}
-    with _locked(out_dir):
-        return _Experiment(cfg, out_dir, metrics, dataset, (train, val, test), models, quiet,
-                           progress, started).run()
+    with _locked(out_dir) if distributed.is_main() else contextlib.nullcontext():
+        result = _Experiment(cfg, out_dir, metrics, dataset, (train, val, test), models, quiet,
+                             progress, started).run()
+    distributed.barrier()
+    return result
+
+
+def _on_main(fn: Callable[[], object]):
+    """``fn()`` on rank 0, its result (or its user error) on every rank."""
+    outcome: object = None
+    if distributed.is_main():
+        try:
+            outcome = fn()
+        except KdistillError as exc:
+            outcome = exc
+    outcome = distributed.broadcast(outcome)
+    if isinstance(outcome, KdistillError):
+        raise outcome
+    return outcome
 
 
 def record_bench(metrics: dict, cfg: RunConfig, models: dict[str, nn.Module], test: Images,
@@ -292,20 +315,26 @@ class _Experiment:
         self.cfg, self.out_dir, self.metrics, self.dataset = cfg, out_dir, metrics, dataset
         self.train, self.val, self.test = splits
         self.models, self.started = models, started
-        self.log = _Reporter(out_dir, quiet)
-        self.show = (not quiet) and (sys.stderr.isatty() if progress is None else progress)
+        # Under torchrun each process trains on its shard; only rank 0 prints and writes.
+        self.main = distributed.is_main()
+        self.log = _Reporter(out_dir, quiet or not self.main, write=self.main)
+        self.show = (not quiet) and self.main and (sys.stderr.isatty() if progress is None
+                                                   else progress)
         self.timings: dict[str, float] = {}
-        (out_dir / "checkpoints").mkdir(exist_ok=True)
+        if self.main:
+            (out_dir / "checkpoints").mkdir(exist_ok=True)
 
     def save_metrics(self) -> None:
-        atomic_write_json(self.out_dir / "metrics.json", self.metrics)
+        if self.main:
+            atomic_write_json(self.out_dir / "metrics.json", self.metrics)
 
     def phase(self, key: str, begin: float) -> None:
         self.timings[f"{key}_seconds"] = time.perf_counter() - begin
 
     def run(self) -> Run:
         cfg, metrics = self.cfg, self.metrics
-        atomic_write_text(self.out_dir / "config.yaml", to_yaml(cfg))
+        if self.main:
+            atomic_write_text(self.out_dir / "config.yaml", to_yaml(cfg))
         metrics.update(status="running", config=cfg.model_dump(mode="json"), env=environment())
         metrics.pop("error", None)
         metrics["dataset"] = {"name": self.dataset.name, "classes": list(self.dataset.classes),
@@ -319,7 +348,7 @@ class _Experiment:
                      f"val / {len(self.test):,} test ({self.dataset.source.get('source', '?')})")
         try:
             self._train_all()
-            if cfg.bench.enabled:
+            if cfg.bench.enabled and self.main:
                 t = time.perf_counter()
                 self.log.say("bench    timing teacher and student, interleaved"
                              + (" (eager, ONNX Runtime, int8)" if cfg.bench.onnx else ""))
@@ -329,7 +358,8 @@ class _Experiment:
             metrics["timings"] = self.timings
             metrics["status"] = "complete"
             self.save_metrics()
-            write_report(self.out_dir)
+            if self.main:
+                write_report(self.out_dir)
         except KeyboardInterrupt:
             metrics["status"] = "interrupted"
             self.save_metrics()
@@ -348,9 +378,11 @@ class _Experiment:
     def _train_all(self) -> None:
         cfg = self.cfg
         self.train_model("teacher", cfg.teacher, trained=bool(cfg.teacher.weights))
-        # The teacher is frozen and the inputs are fixed: its logits are computed once.
+        # The teacher is frozen and the inputs are fixed: its logits are computed once (each
+        # process computing its share under torchrun).
         t = time.perf_counter()
-        teacher_logits = predict_logits(self.models["teacher"], self.train, cfg.eval_batch_size)
+        teacher_logits = predict_logits_shared(self.models["teacher"], self.train,
+                                               cfg.eval_batch_size)
         self.phase("teacher_logits", t)
         self.train_model("student", cfg.student, teacher_logits)
         gain = None
@@ -394,7 +426,8 @@ class _Experiment:
         meta = {"role": role, "model": spec.model, "kwargs": spec.kwargs,
                 "dataset": self.dataset.name, "test_accuracy": result["accuracy"],
                 "kdistill_version": __version__}
-        entry["size_bytes"] = save_weights(weights, model, meta)
+        if self.main:
+            entry["size_bytes"] = save_weights(weights, model, meta)
         entry.update(describe_model(model, self.test.inputs(slice(0, 1))))
         self.metrics.setdefault("models", {})[role] = entry
         self.save_metrics()

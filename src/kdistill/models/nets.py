@@ -19,7 +19,8 @@ class TeacherNet(nn.Module):
 
     def __init__(self, num_classes: int = 10, in_channels: int = 1) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(in_channels, 32, kernel_size=5)  # 28 -> 24
+        # channels-last weights, so their gradients keep the layout (DDP buckets expect it)
+        self.conv1 = nn.Conv2d(in_channels, 32, kernel_size=5).to(memory_format=torch.channels_last)
         self.pool = nn.MaxPool2d(5)  # 24 -> 4
         self.fc1 = nn.Linear(32 * 4 * 4, 128)
         self.fc2 = nn.Linear(128, num_classes)
