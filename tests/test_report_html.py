@@ -1,6 +1,7 @@
 """Plots, report.html (rendered in headless Chromium), `kdistill report` and `kdistill runs`."""
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
@@ -12,7 +13,7 @@ import pytest
 from PIL import Image
 
 from conftest import QUICK, kdistill, write_idx_dir
-from kdistill.cli import main
+from kdistill.cli import _parser, main
 from kdistill.plots import tradeoff_points, write_plots
 from kdistill.report import markdown_to_html
 
@@ -146,11 +147,22 @@ def test_runs_lists_status_and_numbers(run_dir, tmp_path, capsys):
     assert "no directory" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("command", [["run"], ["data"], ["data", "fetch"], ["data", "info"],
-                                     ["report"], ["runs"], ["presets"], ["models"], ["losses"]])
-def test_every_help_has_examples(command, capsys):
-    with pytest.raises(SystemExit) as exit_:
-        main([*command, "--help"])
-    assert exit_.value.code == 0
-    help_text = capsys.readouterr().out
-    assert "examples:" in help_text and f"kdistill {command[0]}" in help_text.split("examples:")[1]
+def _commands(parser: argparse.ArgumentParser, prefix: tuple[str, ...] = ()) -> list[list[str]]:
+    """Every subcommand path of ``parser`` (``["data", "fetch"]``...), found by walking it."""
+    found = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                found += [[*prefix, name], *_commands(sub, (*prefix, name))]
+    return found
+
+
+def test_every_help_has_examples(capsys):
+    commands = _commands(_parser())
+    assert ["runs"] in commands and ["data", "fetch"] in commands
+    for command in commands:
+        with pytest.raises(SystemExit) as exit_:
+            main([*command, "--help"])
+        assert exit_.value.code == 0
+        examples = capsys.readouterr().out.partition("examples:")[2]
+        assert f"kdistill {command[0]}" in examples, f"`kdistill {' '.join(command)} --help` has no examples"
