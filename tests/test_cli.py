@@ -90,3 +90,17 @@ def test_existing_run_is_not_overwritten(idx_dir, tmp_path):
     result = kdistill("run", "--out", str(out), f"data.name={idx_dir}", *QUICK, env=_env())
     assert result.returncode == 2 and "already holds a run" in result.stderr
     assert (out / "metrics.json").read_text() == '{"keep": true}'
+
+
+def test_tensorboard_event_files(idx_dir, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "run"
+    result = kdistill("run", "--quiet", "--tensorboard", "--out", str(out), f"data.name={idx_dir}",
+                      *QUICK, "bench.enabled=false", env=_env())
+    assert result.returncode == 0, result.stderr
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"teacher/train_loss", "student/test_accuracy", "student/loss_kd", "control/loss_ce"} <= tags
+    assert [e.step for e in events.Scalars("teacher/test_accuracy")] == [1, 2]

@@ -60,6 +60,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--out", type=Path, help="run directory (default runs/<preset>-<timestamp>)")
     r.add_argument("--data-root", help="where datasets live (same as data.root)")
     r.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    r.add_argument("--tensorboard", action="store_true",
+                   help="also write TensorBoard event files to RUN_DIR/tensorboard")
     r.add_argument("--nproc", type=int, default=1, metavar="N",
                    help="train with N processes (DistributedDataParallel via torchrun)")
     r.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. seed=1")
@@ -102,9 +104,11 @@ def _cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
         overrides.append(f"data.root={args.data_root}")
     try:
         if args.resume:
-            run(resume=args.resume, overrides=overrides, out=args.out, quiet=args.quiet)
+            run(resume=args.resume, overrides=overrides, out=args.out, quiet=args.quiet,
+                tensorboard=args.tensorboard)
         else:
-            run(args.config or args.preset, args.out, overrides=overrides, quiet=args.quiet)
+            run(args.config or args.preset, args.out, overrides=overrides, quiet=args.quiet,
+                tensorboard=args.tensorboard)
     finally:
         distributed.shutdown()
     return 0

@@ -116,15 +116,27 @@ def _build(role: str, spec, seed: int, dataset: Dataset) -> nn.Module:
     return model.train()
 
 
+def _summary_writer(directory: Path):
+    """TensorBoard's event-file writer (``pip install tensorboard``)."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise KdistillError("--tensorboard needs the tensorboard package",
+                            "pip install tensorboard (or kdistill[tensorboard])") from None
+    return SummaryWriter(str(directory))
+
+
 class _Reporter:
     """Epoch lines on stdout (errors alone go to stderr) and ``log.jsonl`` in the run directory.
 
     Lines are keyed by (phase, epoch), so an epoch re-run after a resume replaces its line.
     """
 
-    def __init__(self, out_dir: Path, quiet: bool, write: bool = True) -> None:
+    def __init__(self, out_dir: Path, quiet: bool, write: bool = True,
+                 tensorboard: bool = False) -> None:
         self.path, self.quiet, self.write = out_dir / "log.jsonl", quiet, write
         self.lines: dict[tuple[str, int], str] = {}
+        self.board = _summary_writer(out_dir / "tensorboard") if tensorboard and write else None
         if self.path.exists():
             for line in self.path.read_text().splitlines():
                 record = json.loads(line)
@@ -135,6 +147,11 @@ class _Reporter:
             self.lines[(phase, record["epoch"])] = json.dumps({"phase": phase, **record})
             if self.write:
                 atomic_write_text(self.path, "\n".join(self.lines.values()) + "\n")
+            if self.board is not None:
+                for key, value in record.items():
+                    if key not in ("epoch", "seconds"):
+                        self.board.add_scalar(f"{phase}/{key}", value, record["epoch"])
+                self.board.flush()
             acc = record.get("test_accuracy")
             self.say(f"{phase:8s} epoch {record['epoch']}/{total}  loss {record['train_loss']:.4f}"
                      + (f"  test acc {100 * acc:.2f}%" if acc is not None else "")
@@ -189,10 +206,11 @@ def _open_resumed(run_dir: str | Path) -> tuple[Path, RunConfig, dict]:
 
 def run(config: RunConfig | str | Path | dict | None = None, out: str | Path | None = None, *,
         overrides: Sequence[str] = (), quiet: bool = False, progress: bool | None = None,
-        resume: str | Path | None = None) -> Run:
+        resume: str | Path | None = None, tensorboard: bool = False) -> Run:
     """Run the whole experiment; ``config`` is a preset name (default ``seed``), YAML path,
     dict or :class:`RunConfig`, and ``overrides`` are ``key=value`` strings. ``resume`` names
-    the directory of a stopped run to continue from its last checkpoints instead."""
+    the directory of a stopped run to continue from its last checkpoints instead; with
+    ``tensorboard`` every epoch's numbers also go to TensorBoard event files in ``tensorboard/``."""
     started = time.perf_counter()
     distributed.init_from_env()  # a no-op unless started by torchrun
     if resume is not None:
@@ -225,7 +243,7 @@ def run(config: RunConfig | str | Path | dict | None = None, out: str | Path | N
         metrics = {"name": name, "kdistill_version": __version__}
     with _locked(out_dir) if distributed.is_main() else contextlib.nullcontext():
         result = _Experiment(cfg, out_dir, metrics, dataset, (train, val, test), models, quiet,
-                             progress, started).run()
+                             progress, started, tensorboard).run()
     distributed.barrier()
     return result
 
@@ -311,13 +329,15 @@ class _Experiment:
 
     def __init__(self, cfg: RunConfig, out_dir: Path, metrics: dict, dataset: Dataset,
                  splits: tuple[Images, Images, Images], models: dict[str, nn.Module],
-                 quiet: bool, progress: bool | None, started: float) -> None:
+                 quiet: bool, progress: bool | None, started: float,
+                 tensorboard: bool = False) -> None:
         self.cfg, self.out_dir, self.metrics, self.dataset = cfg, out_dir, metrics, dataset
         self.train, self.val, self.test = splits
         self.models, self.started = models, started
         # Under torchrun each process trains on its shard; only rank 0 prints and writes.
         self.main = distributed.is_main()
-        self.log = _Reporter(out_dir, quiet or not self.main, write=self.main)
+        self.log = _Reporter(out_dir, quiet or not self.main, write=self.main,
+                             tensorboard=tensorboard)
         self.show = (not quiet) and self.main and (sys.stderr.isatty() if progress is None
                                                    else progress)
         self.timings: dict[str, float] = {}
