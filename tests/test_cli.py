@@ -104,3 +104,40 @@ def test_tensorboard_event_files(idx_dir, tmp_path):
     tags = set(events.Tags()["scalars"])
     assert {"teacher/train_loss", "student/test_accuracy", "student/loss_kd", "control/loss_ce"} <= tags
     assert [e.step for e in events.Scalars("teacher/test_accuracy")] == [1, 2]
+
+
+def test_progress_plain_lines_off_a_terminal_and_quiet(idx_dir, tmp_path):
+    args = ["run", f"data.name={idx_dir}", *QUICK, "bench.enabled=false"]
+    loud = kdistill(*args, "--out", str(tmp_path / "a"), env=_env())
+    assert loud.returncode == 0 and loud.stderr == ""  # no bars when stderr is not a terminal
+    assert "teacher  epoch 1/2  loss" in loud.stdout and "control  epoch 2/2" in loud.stdout
+    quiet = kdistill(*args, "--quiet", "--out", str(tmp_path / "b"), env=_env())
+    assert quiet.returncode == 0 and quiet.stdout == "" and quiet.stderr == ""
+
+
+def test_progress_bars_on_a_terminal(idx_dir, tmp_path):
+    import fcntl
+    import pty
+    import struct
+    import subprocess
+    import sys
+    import termios
+
+    controller, terminal = pty.openpty()
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))  # 120 columns
+    proc = subprocess.Popen([sys.executable, "-m", "kdistill", "run", "--out", str(tmp_path / "r"),
+                             f"data.name={idx_dir}", *QUICK, "bench.enabled=false"],
+                            stdout=subprocess.DEVNULL, stderr=terminal, env=_env())
+    os.close(terminal)
+    chunks = []
+    while True:
+        try:
+            data = os.read(controller, 4096)
+        except OSError:  # the child closed the terminal
+            break
+        if not data:
+            break
+        chunks.append(data)
+    assert proc.wait(timeout=120) == 0
+    shown = b"".join(chunks).decode(errors="replace")
+    assert "teacher 1/2" in shown and "step/s" in shown and "loss=" in shown, shown[-500:]

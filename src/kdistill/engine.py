@@ -173,7 +173,7 @@ def fit(distiller: Distiller, train: Images, *, epochs: int, batch_size: int, lr
             loss_sum += value
             for name, term in terms.items():
                 totals[name] = totals.get(name, 0.0) + term.item()
-            if step % 100 == 0:
+            if step % 100 == 0 or step == steps:
                 bar.set_postfix(loss=f"{loss_sum / step:.4f}", refresh=False)
             bar.update(1)
         bar.close()
