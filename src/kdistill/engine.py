@@ -174,7 +174,7 @@ def fit(distiller: Distiller, train: Images, *, epochs: int, batch_size: int, lr
             for name, term in terms.items():
                 totals[name] = totals.get(name, 0.0) + term.item()
             if step % 100 == 0 or step == steps:
-                bar.set_postfix(loss=f"{loss_sum / step:.4f}", refresh=False)
+                bar.set_postfix(loss=f"{loss_sum / step:.4f}", refresh=step == steps)
             bar.update(1)
         bar.close()
         record = {"epoch": epoch, "train_loss": loss_sum / steps,
