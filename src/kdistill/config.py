@@ -37,6 +37,8 @@ class TrainConfig(_Strict):
     lr: float = Field(1e-3, gt=0, description="learning rate")
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
     schedule: Literal["constant", "cosine"] = Field("constant", description="learning-rate schedule")
+    features: str | None = Field(None, description="module path whose output feature objectives "
+                                                   "(fitnets, at) use; default the penultimate layer")
     weight_decay: float = Field(0.0, ge=0)
 
 
@@ -48,7 +50,12 @@ class TeacherConfig(TrainConfig):
 class DistillConfig(_Strict):
     loss: str = Field("kl", description="objective name (kdistill losses)")
     temperature: float = Field(1.0, gt=0, description="softmax temperature T")
-    alpha: float = Field(1.0, ge=0, le=1, description="weight of the soft (teacher) term; 1 - alpha goes to labels")
+    alpha: float = Field(1.0, ge=0, le=1, description="weight of the soft (teacher) term; 1 - alpha "
+                                                     "goes to labels (dkd: the TCKD weight)")
+    beta: float = Field(8.0, ge=0, description="dkd: the NCKD weight")
+    standardize: bool = Field(False, description="z-score logits before softening (Sun et al. 2024)")
+    feature_weight: float | None = Field(None, ge=0, description="weight of the fitnets/at hint "
+                                                                 "(default 1 and 1000)")
 
     @field_validator("loss")
     @classmethod

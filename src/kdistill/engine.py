@@ -59,9 +59,12 @@ class Distiller(nn.Module):
     """
 
     def __init__(self, student: nn.Module, teacher: nn.Module | torch.Tensor | None = None,
-                 loss: str = "kl", **loss_params: float) -> None:
+                 loss: str = "kl", *, features: nn.Module | None = None,
+                 **loss_params: float) -> None:
         super().__init__()
         self.student = student
+        # a feature objective (losses.FeatureDistillation): hooks on both models, maybe an adapter
+        self.features = features
         self.student_runner: nn.Module = student  # what runs the student: DDP wraps it in fit()
         self.teacher_logits = teacher if isinstance(teacher, torch.Tensor) else None
         self.teacher = teacher if isinstance(teacher, nn.Module) else None
@@ -77,7 +80,13 @@ class Distiller(nn.Module):
         return self
 
     def get_learnable_parameters(self) -> list[nn.Parameter]:
-        return list(self.student.parameters())
+        return list(self.trainable().parameters())
+
+    def trainable(self) -> nn.Module:
+        """What training changes: the student, plus a feature objective's adapter if any."""
+        if self.features is None:
+            return self.student
+        return nn.ModuleDict({"student": self.student, "features": self.features})
 
     def forward_train(self, x: torch.Tensor, y: torch.Tensor,
                       index: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -89,7 +98,10 @@ class Distiller(nn.Module):
         else:
             with torch.no_grad():
                 teacher_logits = self.teacher(x)
-        return logits, self.objective(logits, teacher_logits, y)
+        terms = self.objective(logits, teacher_logits, y)
+        if self.features is not None:
+            terms.update(self.features())
+        return logits, terms
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.student(x)
@@ -148,7 +160,7 @@ def fit(distiller: Distiller, train: Images, *, epochs: int, batch_size: int, lr
     history: list[dict] = []
     done = 0
     if checkpoint is not None and checkpoint.exists():
-        done, history = load_train_state(checkpoint, distiller.student, opt, scheduler,
+        done, history = load_train_state(checkpoint, distiller.trainable(), opt, scheduler,
                                          generator)
     for epoch in range(done + 1, epochs + 1):
         distiller.train()
@@ -187,7 +199,7 @@ def fit(distiller: Distiller, train: Images, *, epochs: int, batch_size: int, lr
         if on_epoch_end is not None:
             on_epoch_end(record)
         if checkpoint is not None and distributed.is_main() and (epoch == epochs or (checkpoint_every and epoch % checkpoint_every == 0)):
-            save_train_state(checkpoint, distiller.student, opt, scheduler, generator, epoch,
+            save_train_state(checkpoint, distiller.trainable(), opt, scheduler, generator, epoch,
                              history)
     return history
 

@@ -29,6 +29,7 @@ from .engine import Distiller, Images, evaluate, fit, predict_logits_shared
 from .export import check_parity, export_onnx, ort_session
 from .errors import ConfigError, KdistillError, RunInterrupted
 from .files import atomic_write_json, atomic_write_text
+from .losses import FeatureDistillation, feature_kind, is_feature_loss
 from .models import create_model
 from .report import write_report
 
@@ -223,6 +224,9 @@ def run(config: RunConfig | str | Path | dict | None = None, out: str | Path | N
         cfg, name = resolve_config(config, overrides)
     world = distributed.world_size()
     torch.set_num_threads(cfg.threads or max(1, (os.cpu_count() or 1) // world))
+    if world > 1 and is_feature_loss(cfg.distill.loss):
+        raise ConfigError(f"config key 'distill.loss': {cfg.distill.loss} is not supported with "
+                          "several processes yet", "run it in one process")
     for role, spec in (("teacher", cfg.teacher), ("student", cfg.student)):
         if spec.batch_size % world:
             raise ConfigError(f"config key '{role}.batch_size': {spec.batch_size} does not split "
@@ -399,7 +403,7 @@ class _Experiment:
         cfg = self.cfg
         self.train_model("teacher", cfg.teacher, trained=bool(cfg.teacher.weights))
         # The teacher is frozen and the inputs are fixed: its logits are computed once (each
-        # process computing its share under torchrun).
+        # process computing its share under torchrun). Feature objectives run it live instead.
         t = time.perf_counter()
         teacher_logits = predict_logits_shared(self.models["teacher"], self.train,
                                                cfg.eval_batch_size)
@@ -423,8 +427,18 @@ class _Experiment:
             return
         history: list[dict] = []
         if not trained:
-            distiller = Distiller(model, teacher, cfg.distill.loss,
-                                  temperature=cfg.distill.temperature, alpha=cfg.distill.alpha)
+            features = None
+            if teacher is not None and is_feature_loss(cfg.distill.loss):
+                # feature objectives need the live teacher: its hooks see each batch
+                teacher = self.models["teacher"]
+                features = FeatureDistillation(
+                    model, teacher, self.train.inputs(slice(0, 2)), feature_kind(cfg.distill.loss),
+                    student_layer=cfg.student.features, teacher_layer=cfg.teacher.features,
+                    weight=cfg.distill.feature_weight)
+            d = cfg.distill
+            distiller = Distiller(model, teacher, d.loss, features=features,
+                                  temperature=d.temperature, alpha=d.alpha, beta=d.beta,
+                                  standardize=d.standardize)
             t0 = time.perf_counter()
             history = fit(distiller, self.train, epochs=spec.epochs, batch_size=spec.batch_size,
                           lr=spec.lr, seed=cfg.seed, optimizer=spec.optimizer,
@@ -434,6 +448,8 @@ class _Experiment:
                           desc=role, checkpoint=self.out_dir / "checkpoints" / f"{role}.safetensors",
                           checkpoint_every=cfg.checkpoint_every)
             self.phase(role, t0)
+            if features is not None:
+                features.remove()
         result = evaluate(model, self.test, cfg.eval_batch_size, self.dataset.num_classes)
         entry = {"model": spec.model, "test_accuracy": result["accuracy"],
                  "test_loss": result["loss"], "per_class_accuracy": result["per_class_accuracy"],
