@@ -217,10 +217,10 @@ def predict_logits(model: nn.Module, data: Images, batch_size: int = 256) -> tor
 
 def predict_logits_shared(model: nn.Module, data: Images, batch_size: int = 256) -> torch.Tensor:
     """:func:`predict_logits` for all of ``data``, each rank computing its share (torchrun)."""
+    if distributed.world_size() == 1:
+        return predict_logits(model, data, batch_size)
     part = data.rank_slice()
     mine = predict_logits(model, data.subset(part), batch_size)
-    if distributed.world_size() == 1:
-        return mine
     full = torch.zeros(len(data), *mine.shape[1:], dtype=mine.dtype)
     full[part] = mine
     return distributed.all_reduce_sum(full)  # the other shares are zeros: the sum is exact
@@ -232,7 +232,7 @@ def evaluate(model: nn.Module, data: Images, batch_size: int = 256,
 
     Under torchrun each rank evaluates its slice of ``data`` and the counts are summed.
     """
-    mine = data.subset(data.rank_slice())
+    mine = data if distributed.world_size() == 1 else data.subset(data.rank_slice())
     logits = predict_logits(model, mine, batch_size)
     k = num_classes or logits.shape[1]
     confusion = torch.bincount(mine.labels * k + logits.argmax(1), minlength=k * k).reshape(k, k)
