@@ -43,6 +43,8 @@ def test_run_with_onnx_bench_and_export(idx_dir, tmp_path, capsys):
         assert d["runtimes"]["int8"]["bytes"] < d["runtimes"]["onnx"]["bytes"]
         assert d["peak_memory_bytes"] > 0 and d["macs_per_sample"] > 0
         assert (out / f"{role}.onnx").is_file() and (out / f"{role}.int8.onnx").is_file()
+    report = (out / "report.md").read_text()
+    assert "## Deployment" in report and "| distilled student | int8 |" in report
     capsys.readouterr()
     assert main(["export", str(out), "--onnx"]) == 0
     printed = capsys.readouterr().out

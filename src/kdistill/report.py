@@ -123,6 +123,38 @@ def _image(plots: dict[str, str], name: str) -> list[str]:
     return [f"![{CAPTIONS[name]}]({plots[name]})", ""] if name in plots else []
 
 
+def deployment_table(metrics: dict) -> list[str]:
+    """Each model in each runtime: latency, throughput per batch size, accuracy, bytes."""
+    deployment = metrics.get("deployment")
+    if not deployment:
+        return []
+    batches = sorted({int(b) for d in deployment.values() for r in d["runtimes"].values()
+                      for b in r.get("throughput_per_s", {})})
+    rows = ["## Deployment", "",
+            "| model | runtime | batch-1 latency p50 / p90 | "
+            + " | ".join(f"throughput @ {b}" for b in batches) + " | test accuracy | bytes |",
+            "|---|---|---:|" + "---:|" * len(batches) + "---:|---:|"]
+    for role, d in deployment.items():
+        for runtime, r in d["runtimes"].items():
+            through = {int(b): v for b, v in r.get("throughput_per_s", {}).items()}
+            delta = (f" ({100 * r['accuracy_delta']:+.2f} pts)" if "accuracy_delta" in r else "")
+            size = r.get("bytes") or metrics["models"][role]["size_bytes"]
+            rows.append(f"| {LABELS[role]} | {runtime} | {r['latency_batch1_ms']:.3f} / "
+                        f"{r['latency_batch1_p90_ms']:.3f} ms | "
+                        + " | ".join(f"{through[b]:,.0f} /s" for b in batches)
+                        + f" | {_pct(r['test_accuracy'])}{delta} | {size:,} |")
+    parity = [f"{LABELS[r]} max |Δlogit| {d['onnx_parity']['max_abs_logit_diff']:.1e}"
+              for r, d in deployment.items() if "onnx_parity" in d]
+    memory = [f"{LABELS[r]} {d['peak_memory_bytes'] / 2**20:.1f} MiB" for r, d in deployment.items()]
+    rows += ["", "ONNX Runtime runs the exported model (parity checked on the whole test set: "
+             + ", ".join(parity) + ", identical predictions); int8 is ONNX Runtime's dynamic "
+             "quantization (int8 weights, activations quantized on the fly), its accuracy change "
+             "against eager in brackets. Peak tensor memory of one eager forward at the largest "
+             "batch: " + ", ".join(memory) + "." if parity else
+             "Peak tensor memory of one eager forward at the largest batch: " + ", ".join(memory) + ".", ""]
+    return rows
+
+
 def render(metrics: dict, plots: dict[str, str] | None = None) -> str:
     """The whole ``report.md`` as text; ``plots`` maps plot names to paths relative to the run."""
     plots = plots or {}
@@ -153,6 +185,7 @@ def render(metrics: dict, plots: dict[str, str] | None = None) -> str:
     if inf:
         out += [f"Timings: median of repeated calls after warm-up, models interleaved, "
                 f"{env.get('threads')} threads on {env.get('cpu') or env.get('device')}.", ""]
+    out += deployment_table(metrics)
     out += ["## Accuracy per epoch", "", _history_table(metrics), "", *_image(plots, "accuracy")]
     if "confusion" in plots:
         out += ["## Where the student errs", "",
