@@ -185,8 +185,8 @@ def render(metrics: dict, plots: dict[str, str] | None = None) -> str:
     if inf:
         out += [f"Timings: median of repeated calls after warm-up, models interleaved, "
                 f"{env.get('threads')} threads on {env.get('cpu') or env.get('device')}.", ""]
-    out += deployment_table(metrics)
     out += ["## Accuracy per epoch", "", _history_table(metrics), "", *_image(plots, "accuracy")]
+    out += deployment_table(metrics)
     if "confusion" in plots:
         out += ["## Where the student errs", "",
                 "Left: the distilled student's confusion matrix (rows = true class). Right: the "
