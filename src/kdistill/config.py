@@ -25,6 +25,8 @@ class DataConfig(_Strict):
     mean: float = Field(0.5, description="Normalize mean applied to pixels in [0, 1]")
     std: float = Field(0.5, gt=0, description="Normalize std")
     train_subset: int | None = Field(None, ge=1, description="use only the first N training images")
+    translate: int = Field(0, ge=0, le=8, description="augmentation: random shifts of up to N "
+                                                      "pixels, for every model trained")
     val_size: int = Field(0, ge=0, description="images held out of the end of the training set "
                                                "for validation (never trained on)")
 

@@ -402,13 +402,16 @@ class _Experiment:
     def _train_all(self) -> None:
         cfg = self.cfg
         self.train_model("teacher", cfg.teacher, trained=bool(cfg.teacher.weights))
-        # The teacher is frozen and the inputs are fixed: its logits are computed once (each
-        # process computing its share under torchrun). Feature objectives run it live instead.
-        t = time.perf_counter()
-        teacher_logits = predict_logits_shared(self.models["teacher"], self.train,
-                                               cfg.eval_batch_size)
-        self.phase("teacher_logits", t)
-        self.train_model("student", cfg.student, teacher_logits)
+        # The teacher is frozen: on fixed inputs its logits are computed once (each process
+        # computing its share under torchrun). Augmentation and feature objectives run it live.
+        teacher_logits = None
+        if not (cfg.data.translate or is_feature_loss(cfg.distill.loss)):
+            t = time.perf_counter()
+            teacher_logits = predict_logits_shared(self.models["teacher"], self.train,
+                                                   cfg.eval_batch_size)
+            self.phase("teacher_logits", t)
+        self.train_model("student", cfg.student,
+                         self.models["teacher"] if teacher_logits is None else teacher_logits)
         gain = None
         if cfg.control:
             self.train_model("control", cfg.student)
@@ -416,7 +419,7 @@ class _Experiment:
             gain = done["student"]["test_accuracy"] - done["control"]["test_accuracy"]
         self.metrics["distill"] = {**cfg.distill.model_dump(), "gain_over_control": gain}
 
-    def train_model(self, role: str, spec, teacher: torch.Tensor | None = None,
+    def train_model(self, role: str, spec, teacher: torch.Tensor | nn.Module | None = None,
                     trained: bool = False) -> None:
         """Train one model (or load it if a resumed run finished it) and record its metrics."""
         cfg, model = self.cfg, self.models[role]
@@ -428,9 +431,7 @@ class _Experiment:
         history: list[dict] = []
         if not trained:
             features = None
-            if teacher is not None and is_feature_loss(cfg.distill.loss):
-                # feature objectives need the live teacher: its hooks see each batch
-                teacher = self.models["teacher"]
+            if isinstance(teacher, nn.Module) and is_feature_loss(cfg.distill.loss):
                 features = FeatureDistillation(
                     model, teacher, self.train.inputs(slice(0, 2)), feature_kind(cfg.distill.loss),
                     student_layer=cfg.student.features, teacher_layer=cfg.teacher.features,
@@ -443,6 +444,7 @@ class _Experiment:
             history = fit(distiller, self.train, epochs=spec.epochs, batch_size=spec.batch_size,
                           lr=spec.lr, seed=cfg.seed, optimizer=spec.optimizer,
                           weight_decay=spec.weight_decay, schedule=spec.schedule,
+                          translate=cfg.data.translate,
                           evaluate_on=self.test,
                           on_epoch_end=self.log.epoch(role, spec.epochs), progress=self.show,
                           desc=role, checkpoint=self.out_dir / "checkpoints" / f"{role}.safetensors",

@@ -62,3 +62,29 @@ class StudentNet(MLP):
 
     def __init__(self, num_classes: int = 10, in_features: int = 784) -> None:
         super().__init__((in_features, 128, num_classes))
+
+
+class ConvNet(nn.Module):
+    """A stronger CNN teacher: two blocks of (3x3 conv, BatchNorm, ReLU) x2 + 2x2 max-pool, then
+    fc 256 with dropout. ``width`` sets the first block's channels (the second has twice as many).
+    """
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 1, width: int = 32,
+                 dropout: float = 0.3) -> None:
+        super().__init__()
+
+        def block(c_in: int, c_out: int) -> list[nn.Module]:
+            return [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out),
+                    nn.ReLU(inplace=True)]
+
+        w = width
+        self.features = nn.Sequential(*block(in_channels, w), *block(w, w), nn.MaxPool2d(2),
+                                      *block(w, 2 * w), *block(2 * w, 2 * w), nn.MaxPool2d(2))
+        self.fc1 = nn.Linear(2 * w * 7 * 7, 256)
+        self.dropout = nn.Dropout(dropout)
+        self.fc2 = nn.Linear(256, num_classes)
+        self.to(memory_format=torch.channels_last)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.features(x.contiguous(memory_format=torch.channels_last))
+        return self.fc2(self.dropout(torch.relu(self.fc1(x.flatten(1)))))

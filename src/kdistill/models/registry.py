@@ -8,7 +8,7 @@ from typing import Any, Callable
 from torch import nn
 
 from ..errors import ConfigError
-from .nets import MLP, StudentNet, TeacherNet
+from .nets import MLP, ConvNet, StudentNet, TeacherNet
 
 _MODELS: dict[str, tuple[Callable[..., nn.Module], str]] = {}
 
@@ -23,6 +23,11 @@ def register_model(name: str, description: str):
 
 register_model("spec-teacher", "the spec's CNN teacher (67,786 params)")(TeacherNet)
 register_model("spec-student", "the spec's 784-128-10 MLP student (101,770 params)")(StudentNet)
+register_model("cnn", "a stronger CNN teacher: 4 conv-BN-ReLU, 2 pools, fc 256 "
+                      "(kwargs: width=32, dropout=0.3)")(ConvNet)
+register_model("hinton-teacher", "Hinton et al.'s MLP teacher 784-1200-1200-10, dropout 0.5 "
+                                 "(input 0.2)")(lambda num_classes=10: MLP(
+                                     (784, 1200, 1200, num_classes), dropout=0.5, input_dropout=0.2))
 
 
 def list_models() -> dict[str, str]:
