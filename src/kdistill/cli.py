@@ -35,6 +35,12 @@ HELP_EXAMPLES = {
     "models": "kdistill models\n  kdistill run teacher.model=mlp:784-800-800-10\n"
               "  kdistill run student.model=mypkg.nets:make_student student.kwargs.width=64",
     "losses": "kdistill losses\n  kdistill run distill.loss=hinton distill.temperature=4 distill.alpha=0.9",
+    "compare": 'kdistill compare --seeds 3 --out runs/cmp --objectives "distill.loss=kl" '
+               '"distill.loss=hinton distill.temperature=4 distill.alpha=0.9"\n'
+               '  kdistill compare student.epochs=3 --objectives "distill.loss=kl" "distill.loss=dkd"'
+               '   # overrides go before --objectives',
+    "sweep": "kdistill sweep distill.temperature=1,2,4,8,16,20 distill.alpha=0.5,0.9\n"
+             "  kdistill sweep --out runs/temps distill.temperature=1,4,16 student.epochs=3",
 }
 
 
@@ -90,6 +96,27 @@ def _parser() -> argparse.ArgumentParser:
     _add(sub, "presets", "list presets")
     _add(sub, "models", "list model names")
     _add(sub, "losses", "list distillation objectives")
+    for name, help_text in (("compare", "compare objectives over several seeds, each against its control"),
+                            ("sweep", "train every combination of swept settings; table and plot")):
+        st = _add(sub, name, help_text)
+        st_src = st.add_mutually_exclusive_group()
+        st_src.add_argument("--preset", help="named recipe (see `kdistill presets`); default seed")
+        st_src.add_argument("--config", type=Path, help="YAML config file")
+        st.add_argument("--out", type=Path, help=f"study directory (default runs/{name}-<timestamp>)")
+        st.add_argument("--data-root", help="where datasets live (same as data.root)")
+        st.add_argument("--verbose", action="store_true", help="show each run's own progress")
+        st.add_argument("--quiet", action="store_true", help="print only the final table")
+        if name == "compare":
+            st.add_argument("--seeds", type=int, default=3, metavar="N",
+                            help="seeds per objective: the config's seed + 0..N-1 (default 3)")
+            st.add_argument("--objectives", nargs="+", required=True, metavar="SETTINGS",
+                            help='one quoted string of key=value settings per objective')
+            st.add_argument("overrides", nargs="*", metavar="key=value",
+                            help="config overrides for every run (put them before --objectives)")
+        else:
+            st.add_argument("overrides", nargs="+", metavar="KEY=V1,V2,...|key=value",
+                            help="swept keys (comma-separated values) and plain overrides")
+        st.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return p
 
 
@@ -162,6 +189,24 @@ def _cmd_runs(directory: Path) -> int:
     return 0
 
 
+def _cmd_study(args: argparse.Namespace) -> int:
+    from . import study
+
+    overrides = list(args.overrides)
+    if args.data_root:
+        overrides.append(f"data.root={args.data_root}")
+    say = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
+    config = args.config or args.preset
+    if args.command == "compare":
+        rows = study.compare(args.objectives, config, args.out, seeds=args.seeds,
+                             overrides=overrides, verbose=args.verbose, progress=say)
+        print(study.compare_markdown(rows), end="")
+        return 0
+    rows = study.sweep(overrides, config, args.out, verbose=args.verbose, progress=say)
+    print(study.sweep_markdown(rows), end="")
+    return 0
+
+
 def _listing(items: dict[str, str]) -> int:
     width = max(map(len, items), default=0)
     for name, text in items.items():
@@ -184,6 +229,8 @@ def main(argv: list[str] | None = None) -> int:
                 raise KdistillError(f"{args.run_dir} has no metrics.json", "give a run directory")
             print(write_report(args.run_dir))
             return 0
+        if args.command in ("compare", "sweep"):
+            return _cmd_study(args)
         if args.command == "runs":
             return _cmd_runs(args.directory)
         if args.command == "bench":
