@@ -193,13 +193,18 @@ def _splits(cfg: RunConfig, dataset: Dataset) -> tuple[Images, Images, Images]:
             Images(dataset.test_images, dataset.test_labels, **norm))
 
 
+def _read_metrics(run_dir: Path, problem: str, hint: str) -> dict:
+    """A run directory's metrics.json, or one error line: '<dir> <problem> (no readable ...)'."""
+    try:
+        return json.loads((run_dir / "metrics.json").read_text())
+    except (OSError, ValueError):
+        raise KdistillError(f"{run_dir} {problem} (no readable metrics.json)", hint) from None
+
+
 def _open_resumed(run_dir: str | Path) -> tuple[Path, RunConfig, dict]:
     out_dir = Path(run_dir)
-    try:
-        metrics = json.loads((out_dir / "metrics.json").read_text())
-    except (OSError, ValueError):
-        raise KdistillError(f"{out_dir} holds no resumable run (no readable metrics.json)",
-                            "give the directory of a run that was stopped") from None
+    metrics = _read_metrics(out_dir, "holds no resumable run",
+                            "give the directory of a run that was stopped")
     if metrics.get("status") == "complete":
         raise KdistillError(f"{out_dir} is already complete", "nothing to resume")
     return out_dir, load_config(path=out_dir / "config.yaml"), metrics
@@ -286,10 +291,7 @@ def record_bench(metrics: dict, cfg: RunConfig, models: dict[str, nn.Module], te
 def load_run(run_dir: str | Path) -> tuple[Path, RunConfig, dict, Images, dict[str, nn.Module]]:
     """A finished run's directory, config, metrics, test split and trained models."""
     run_dir = Path(run_dir)
-    try:
-        metrics = json.loads((run_dir / "metrics.json").read_text())
-    except (OSError, ValueError):
-        raise KdistillError(f"{run_dir} has no readable metrics.json", "give a run directory") from None
+    metrics = _read_metrics(run_dir, "is not a run", "give a run directory")
     cfg = load_config(path=run_dir / "config.yaml")
     dataset = load_dataset(cfg.data.name, cfg.data.root)
     test = _splits(cfg, dataset)[2]

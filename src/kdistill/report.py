@@ -34,11 +34,13 @@ CAPTIONS = {"accuracy": "Test accuracy per epoch",
             "confusion": "The student's confusion matrix and its difference from the teacher's"}
 
 
-def _pct(x: float | None) -> str:
+def pct(x: float | None) -> str:
+    """A fraction as a percentage with two decimals ('–' when missing)."""
     return "–" if x is None else f"{100 * x:.2f} %"
 
 
-def _num(x: float | int | None, fmt: str = ",") -> str:
+def num(x: float | int | None, fmt: str = ",") -> str:
+    """A number in ``fmt`` ('–' when missing)."""
     return "–" if x is None else format(x, fmt)
 
 
@@ -58,8 +60,8 @@ def results_table(metrics: dict) -> str:
         latency = f"{inf['latency_batch1_ms']:.3f} ms" if inf else "–"
         throughput = f"{inf['throughput_per_s']:,.0f} /s @ {inf['throughput_batch']}" if inf else "–"
         rows.append(
-            f"| {LABELS[role]} | `{m['model']}` | {_pct(m['test_accuracy'])} | {delta} | "
-            f"{_num(m['params'])} | {_num(m['macs_per_sample'])} | {_num(m['size_bytes'])} | "
+            f"| {LABELS[role]} | `{m['model']}` | {pct(m['test_accuracy'])} | {delta} | "
+            f"{num(m['params'])} | {num(m['macs_per_sample'])} | {num(m['size_bytes'])} | "
             f"{latency} | {throughput} |")
     return "\n".join(rows)
 
@@ -71,7 +73,7 @@ def _history_table(metrics: dict) -> str:
     head = "| epoch | " + " | ".join(LABELS[r] for r in roles) + " |"
     rows = [head, "|---" * (len(roles) + 1) + "|"]
     for e in range(epochs):
-        cells = [_pct(models[r]["history"][e].get("test_accuracy"))
+        cells = [pct(models[r]["history"][e].get("test_accuracy"))
                  if e < len(models[r]["history"]) else "" for r in roles]
         rows.append(f"| {e + 1} | " + " | ".join(cells) + " |")
     return "\n".join(rows)
@@ -103,10 +105,10 @@ def _against_spec(models: dict) -> list[str]:
     """Our numbers beside the spec's published ones, and what the spec got wrong."""
     return ["## Against the spec", "",
             "| | spec (published) | this run |", "|---|---:|---:|",
-            f"| teacher test accuracy | {_pct(SPEC['teacher_accuracy'])} | "
-            f"{_pct(models['teacher']['test_accuracy'])} |",
-            f"| student test accuracy | {_pct(SPEC['student_accuracy'])} | "
-            f"{_pct(models['student']['test_accuracy'])} |",
+            f"| teacher test accuracy | {pct(SPEC['teacher_accuracy'])} | "
+            f"{pct(models['teacher']['test_accuracy'])} |",
+            f"| student test accuracy | {pct(SPEC['student_accuracy'])} | "
+            f"{pct(models['student']['test_accuracy'])} |",
             f"| teacher / student params | \"significant reduction\" | "
             f"{models['teacher']['params']:,} / {models['student']['params']:,} |", "",
             "The spec claims the student reduces parameters; for these two networks it does not. "
@@ -142,7 +144,7 @@ def deployment_table(metrics: dict) -> list[str]:
             rows.append(f"| {LABELS[role]} | {runtime} | {r['latency_batch1_ms']:.3f} / "
                         f"{r['latency_batch1_p90_ms']:.3f} ms | "
                         + " | ".join(f"{through[b]:,.0f} /s" for b in batches)
-                        + f" | {_pct(r['test_accuracy'])}{delta} | {size:,} |")
+                        + f" | {pct(r['test_accuracy'])}{delta} | {size:,} |")
     parity = [f"{LABELS[r]} max |Δlogit| {d['onnx_parity']['max_abs_logit_diff']:.1e}"
               for r, d in deployment.items() if "onnx_parity" in d]
     memory = [f"{LABELS[r]} {d['peak_memory_bytes'] / 2**20:.1f} MiB" for r, d in deployment.items()]
@@ -232,7 +234,7 @@ def list_runs(directory: str | Path) -> list[dict]:
 def runs_table(summaries: list[dict]) -> str:
     """Summaries as an aligned plain-text table, one run a line."""
     head = ("run", "status", "teacher", "student", "control", "gain (pts)", "seconds")
-    rows = [head] + [(s["run"], s["status"], *(_pct(s.get(r)).replace(" %", "%") for r in ROLES),
+    rows = [head] + [(s["run"], s["status"], *(pct(s.get(r)).replace(" %", "%") for r in ROLES),
                       "–" if s.get("gain") is None else f"{100 * s['gain']:+.2f}",
                       "–" if s.get("seconds") is None else f"{s['seconds']:.1f}")
                      for s in summaries]

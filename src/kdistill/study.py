@@ -26,6 +26,7 @@ import numpy as np
 from .config import RunConfig, parse_value
 from .errors import KdistillError
 from .files import atomic_write_bytes, atomic_write_json, atomic_write_text
+from .report import num, pct
 
 Config = RunConfig | str | Path | dict | None
 Progress = Callable[[str], None] | None
@@ -140,8 +141,8 @@ def _run_group(config: Config, base: list[str], points: list[tuple[list[tuple[st
                        else row["student"] - row["control"])
         results.append(row)
         if say:
-            say(f"{label} [{i}/{len(points)}] {out_dir}: student {_pct(row['student'])}, "
-                f"control {_pct(row['control'])} ({time.perf_counter() - t:.1f}s)")
+            say(f"{label} [{i}/{len(points)}] {out_dir}: student {pct(row['student'])}, "
+                f"control {pct(row['control'])} ({time.perf_counter() - t:.1f}s)")
     return results
 
 
@@ -236,18 +237,10 @@ def _summarise(objective: str, slug_: str, runs: list[dict]) -> dict:
             "gain_mean": _mean(gains), "gain_std": _std(gains), "t": t, "p": p}
 
 
-def _pct(x: float | None) -> str:
-    return "–" if x is None else f"{100 * x:.2f} %"
-
-
 def _pm(mean: float | None, std: float | None) -> str:
     if mean is None:
         return "–"
-    return f"{100 * mean:.2f} ± {100 * std:.2f} %" if std is not None else _pct(mean)
-
-
-def _num(x: float | None, fmt: str) -> str:
-    return "–" if x is None else format(x, fmt)
+    return f"{100 * mean:.2f} ± {100 * std:.2f} %" if std is not None else pct(mean)
 
 
 def _markdown(header: list[str], rows: list[list[str]]) -> str:
@@ -262,8 +255,8 @@ def compare_markdown(summary: list[dict]) -> str:
         ["objective", "seeds", "teacher", "student", "control", "gain (pts)", "t", "p"],
         [[f"`{r['objective']}`", str(r["seeds"]), _pm(r["teacher_mean"], r["teacher_std"]),
           _pm(r["student_mean"], r["student_std"]), _pm(r["control_mean"], r["control_std"]),
-          _num(None if r["gain_mean"] is None else 100 * r["gain_mean"], "+.2f"),
-          _num(r["t"], ".2f"), _num(r["p"], ".3g")] for r in summary])
+          num(None if r["gain_mean"] is None else 100 * r["gain_mean"], "+.2f"),
+          num(r["t"], ".2f"), num(r["p"], ".3g")] for r in summary])
 
 
 def _csv(rows: list[dict]) -> str:
@@ -341,8 +334,8 @@ def sweep_markdown(rows: list[dict], keys: list[str] | None = None) -> str:
     keys = swept_keys(rows) if keys is None else keys
     return _markdown(
         [*keys, "teacher", "student", "control", "gain (pts)"],
-        [[*(str(r[k]) for k in keys), _pct(r["teacher"]), _pct(r["student"]), _pct(r["control"]),
-          _num(None if r["gain"] is None else 100 * r["gain"], "+.2f")] for r in rows])
+        [[*(str(r[k]) for k in keys), pct(r["teacher"]), pct(r["student"]), pct(r["control"]),
+          num(None if r["gain"] is None else 100 * r["gain"], "+.2f")] for r in rows])
 
 
 # ---------------------------------------------------------------- plots
