@@ -340,7 +340,8 @@ class _Experiment:
         self.cfg, self.out_dir, self.metrics, self.dataset = cfg, out_dir, metrics, dataset
         self.train, self.val, self.test = splits
         self.models, self.started = models, started
-        # Under torchrun each process trains on its shard; only rank 0 prints and writes.
+        # Under torchrun every process trains on its share of each global batch; only rank 0
+        # prints and writes.
         self.main = distributed.is_main()
         self.log = _Reporter(out_dir, quiet or not self.main, write=self.main,
                              tensorboard=tensorboard)
