@@ -6,6 +6,7 @@ each uses warm-up calls and many repeats and reports medians (latency also p90).
 """
 from __future__ import annotations
 
+import copy
 import statistics
 import time
 import weakref
@@ -19,6 +20,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 from torch.utils.flop_counter import FlopCounterMode
 
+from .device import synchronize
 from .engine import Images, predict_logits
 from .models import count_params
 
@@ -77,8 +79,13 @@ def time_callables(fns: dict[str, Callable[[torch.Tensor], Any]], example: torch
     """Batch-1 latency (p50, p90 in ms) and throughput (images/s) at each batch size.
 
     ``example`` is a batch of real inputs, tiled up to the largest batch size; every function
-    is called on the same inputs, in interleaved order.
+    is called on the same inputs, in interleaved order. On a GPU each call is timed to its end
+    (the device is synchronised).
     """
+    device = example.device
+    if device.type != "cpu":
+        fns = {name: (lambda f: lambda x: (f(x), synchronize(device)))(fn)
+               for name, fn in fns.items()}
     reps = -(-max(batches) // len(example))
     tiled = example.repeat(reps, *[1] * (example.dim() - 1))
     inputs = {b: tiled[:b].contiguous() for b in batches}
@@ -118,6 +125,8 @@ def deployment_bench(models: dict[str, nn.Module], test: Images, out_dir: Path, 
                      throughput_repeats: int = 10, onnx: bool = True) -> dict[str, dict]:
     """Measure each model in eager PyTorch and, with ``onnx``, exported to ONNX Runtime (parity
     checked on the whole test set) and int8 (ONNX Runtime dynamic quantization).
+    Eager PyTorch runs where the models and ``test`` are (a GPU too), ONNX Runtime on the CPU;
+    calls are interleaved among the runtimes that share a device.
 
     Returns ``{role: {params, macs_per_sample, peak_memory_bytes, runtimes: {eager, onnx, int8:
     {latency_batch1_ms, latency_batch1_p90_ms, throughput_per_s: {batch: images/s},
@@ -126,32 +135,39 @@ def deployment_bench(models: dict[str, nn.Module], test: Images, out_dir: Path, 
     from .export import check_parity, export_onnx, ort_logits, ort_session, quantize_int8
 
     example = test.inputs(slice(0, min(len(test), max(batches))))
-    fns: dict[str, Callable[[torch.Tensor], Any]] = {}
+    test_cpu = test.to("cpu")
+    fns: dict[torch.device, dict[str, Callable[[torch.Tensor], Any]]] = {example.device: {}}
+    cpu = fns.setdefault(torch.device("cpu"), {})
     result: dict[str, dict] = {}
     for role, model in models.items():
         model.eval()
-        eager_accuracy = _accuracy(predict_logits(model, test).numpy(), test)
+        eager_accuracy = _accuracy(predict_logits(model, test).cpu().numpy(), test_cpu)
         entry: dict[str, Any] = {**describe_model(model, example),
                                  "peak_memory_bytes": peak_memory(model, example),
                                  "runtimes": {"eager": {"test_accuracy": eager_accuracy}}}
-        fns[f"{role}/eager"] = model
+        fns[example.device][f"{role}/eager"] = model
         if onnx:
-            path = export_onnx(model, example, out_dir / f"{role}.onnx")
+            cpu_model = copy.deepcopy(model).cpu() if example.device.type != "cpu" else model
+            path = export_onnx(cpu_model, example.cpu(), out_dir / f"{role}.onnx")
             session = ort_session(path)
-            entry["onnx_parity"] = check_parity(model, session, test)
+            entry["onnx_parity"] = check_parity(cpu_model, session, test_cpu)
             int8_path = quantize_int8(path, out_dir / f"{role}.int8.onnx")
             int8 = ort_session(int8_path)
-            entry["runtimes"]["onnx"] = {"test_accuracy": _accuracy(ort_logits(session, test), test),
-                                         "bytes": path.stat().st_size}
-            entry["runtimes"]["int8"] = {"test_accuracy": _accuracy(ort_logits(int8, test), test),
-                                         "bytes": int8_path.stat().st_size}
+            entry["runtimes"]["onnx"] = {"bytes": path.stat().st_size,
+                                         "test_accuracy": _accuracy(ort_logits(session, test_cpu), test_cpu)}
+            entry["runtimes"]["int8"] = {"bytes": int8_path.stat().st_size,
+                                         "test_accuracy": _accuracy(ort_logits(int8, test_cpu), test_cpu)}
             entry["runtimes"]["int8"]["accuracy_delta"] = (
                 entry["runtimes"]["int8"]["test_accuracy"] - eager_accuracy)
             for name, sess in (("onnx", session), ("int8", int8)):
-                fns[f"{role}/{name}"] = (lambda s: lambda x: s.run(None, {"images": x.numpy()}))(sess)
+                cpu[f"{role}/{name}"] = (lambda s: lambda x: s.run(None, {"images": x.numpy()}))(sess)
         result[role] = entry
-    timings = time_callables(fns, example, batches=batches, latency_repeats=latency_repeats,
-                             throughput_repeats=throughput_repeats)
+    timings = {}
+    for device, group in fns.items():
+        if group:
+            timings.update(time_callables(group, example.to(device), batches=batches,
+                                          latency_repeats=latency_repeats,
+                                          throughput_repeats=throughput_repeats))
     for key, numbers in timings.items():
         role, runtime = key.split("/")
         result[role]["runtimes"][runtime].update(numbers)

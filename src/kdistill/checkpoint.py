@@ -88,6 +88,8 @@ def _rng_states(generator: torch.Generator) -> tuple[dict[str, torch.Tensor], di
     np_state = np.random.get_state()
     tensors = {"rng/torch": torch.get_rng_state(), "rng/shuffle": generator.get_state(),
                "rng/numpy": torch.from_numpy(np_state[1].astype(np.int64))}
+    if torch.cuda.is_initialized():  # dropout on a GPU draws from the CUDA generator
+        tensors["rng/cuda"] = torch.cuda.get_rng_state()
     meta = {"python": _jsonable(random.getstate()), "numpy": [np_state[0], *np_state[2:]]}
     return tensors, meta
 
@@ -146,6 +148,8 @@ def load_train_state(path: str | Path, model: nn.Module, optimizer: torch.optim.
     optimizer.load_state_dict({"state": state, "param_groups": meta["optimizer"]["param_groups"]})
     scheduler.load_state_dict(meta["scheduler"])
     torch.set_rng_state(tensors["rng/torch"])
+    if "rng/cuda" in tensors and torch.cuda.is_available():
+        torch.cuda.set_rng_state(tensors["rng/cuda"])
     generator.set_state(tensors["rng/shuffle"])
     name, *rest = meta["rng"]["numpy"]
     np.random.set_state((name, tensors["rng/numpy"].numpy().astype(np.uint32), *rest))

@@ -90,6 +90,11 @@ class RunConfig(_Strict):
     description: str = Field("", description="one line saying what this run is")
     seed: int = Field(0, description="seeds initialisation, shuffling and dropout")
     threads: int | None = Field(None, ge=1, description="torch threads; default all cores")
+    device: str = Field("auto", description="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps")
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32", description="training forward pass in mixed precision (fp16: CUDA only, with a "
+                            "gradient scaler)")
+    compile: bool = Field(False, description="run the student through torch.compile while training")
     control: bool = Field(True, description="also train the student from scratch on labels only")
     eval_batch_size: int = Field(256, ge=1, description="batch size of evaluation and teacher logits")
     data: DataConfig = Field(default_factory=DataConfig)

@@ -20,6 +20,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from . import distributed
+from .device import autocast
 from .checkpoint import load_train_state, save_train_state
 from .data.augment import random_translate
 from .data.datasets import batch_indices, normalize
@@ -49,6 +50,14 @@ class Images:
 
     def subset(self, index: torch.Tensor | slice) -> "Images":
         return Images(self.images[index], self.labels[index], self.mean, self.std)
+
+    def to(self, device: torch.device | str) -> "Images":
+        """The same split held on ``device`` (moved once; batches are then cut there)."""
+        return Images(self.images.to(device), self.labels.to(device), self.mean, self.std)
+
+    @property
+    def device(self) -> torch.device:
+        return self.images.device
 
 
 class Distiller(nn.Module):
@@ -133,7 +142,7 @@ def fit(distiller: Distiller, train: Images, *, epochs: int, batch_size: int, lr
         seed: int, optimizer: str = "adam", weight_decay: float = 0.0, schedule: str = "constant",
         translate: int = 0, evaluate_on: Images | None = None, on_epoch_end: Callable[[dict], None] | None = None,
         progress: bool | None = None, desc: str = "train", checkpoint: Path | None = None,
-        checkpoint_every: int = 1) -> list[dict]:
+        checkpoint_every: int = 1, precision: str = "fp32", compile: bool = False) -> list[dict]:
     """Train ``distiller.student`` in place; return one record per epoch.
 
     Each record holds ``epoch``, ``train_loss`` (mean over steps), the mean of each loss term,
@@ -155,8 +164,12 @@ def fit(distiller: Distiller, train: Images, *, epochs: int, batch_size: int, lr
     generator = torch.Generator().manual_seed(seed)
     opt = make_optimizer(optimizer, distiller.get_learnable_parameters(), lr, weight_decay)
     world, rank = distributed.world_size(), distributed.rank()
+    device = train.device
+    runner = distiller.student
     if world > 1:
-        distiller.student_runner = DistributedDataParallel(distiller.student)
+        runner = DistributedDataParallel(runner)
+    distiller.student_runner = torch.compile(runner) if compile else runner
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     steps = math.ceil(len(train) / batch_size)
     scheduler = make_scheduler(schedule, opt, epochs * steps)
     show = sys.stderr.isatty() if progress is None else progress
@@ -168,35 +181,42 @@ def fit(distiller: Distiller, train: Images, *, epochs: int, batch_size: int, lr
     for epoch in range(done + 1, epochs + 1):
         distiller.train()
         start = time.perf_counter()
-        totals: dict[str, float] = {}
-        loss_sum = 0.0
+        losses: list[torch.Tensor] = []
+        totals: dict[str, torch.Tensor] = {}
         bar = tqdm(total=steps, desc=f"{desc} {epoch}/{epochs}", disable=not show, leave=False,
                    unit="step", dynamic_ncols=True)
         for step, index in enumerate(batch_indices(len(train), batch_size, generator), start=1):
-            index = index.tensor_split(world)[rank] if world > 1 else index
+            index = (index.tensor_split(world)[rank] if world > 1 else index).to(device)
             if translate:
                 x = normalize(random_translate(train.images[index], translate, generator),
                               train.mean, train.std)
             else:
                 x = train.inputs(index)
             y = train.labels[index]
-            _, terms = distiller.forward_train(x, y, index)
-            loss = sum(terms.values())
+            with autocast(device, precision):
+                _, terms = distiller.forward_train(x, y, index)
+                loss = sum(terms.values())
             opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
             scheduler.step()
-            value = loss.item()
-            if not math.isfinite(value):
-                raise NonFiniteLoss(f"{desc}: loss became {value} at epoch {epoch}, step {step}",
-                                    "lower the learning rate or check the data")
-            loss_sum += value
+            losses.append(loss.detach().float())
             for name, term in terms.items():
-                totals[name] = totals.get(name, 0.0) + term.item()
-            if step % 100 == 0 or step == steps:
-                bar.set_postfix(loss=f"{loss_sum / step:.4f}", refresh=step == steps)
+                totals[name] = totals.get(name, 0.0) + term.detach().float()
+            if show and (step % 100 == 0 or step == steps):
+                bar.set_postfix(loss=f"{torch.stack(losses).mean().item():.4f}",
+                                refresh=step == steps)
             bar.update(1)
         bar.close()
+        step_losses = torch.stack(losses)
+        bad = (~torch.isfinite(step_losses)).nonzero()
+        if len(bad):
+            step = int(bad[0]) + 1
+            raise NonFiniteLoss(f"{desc}: loss became {step_losses[step - 1].item()} at epoch "
+                                f"{epoch}, step {step}", "lower the learning rate or check the data")
+        totals = {k: v.item() for k, v in totals.items()}
+        loss_sum = step_losses.sum().item()
         record = {"epoch": epoch, "train_loss": loss_sum / steps,
                   **{f"loss_{k}": v / steps for k, v in totals.items()},
                   "seconds": time.perf_counter() - start}
@@ -229,7 +249,7 @@ def predict_logits_shared(model: nn.Module, data: Images, batch_size: int = 256)
         return predict_logits(model, data, batch_size)
     part = data.rank_slice()
     mine = predict_logits(model, data.subset(part), batch_size)
-    full = torch.zeros(len(data), *mine.shape[1:], dtype=mine.dtype)
+    full = torch.zeros(len(data), *mine.shape[1:], dtype=mine.dtype, device=mine.device)
     full[part] = mine
     return distributed.all_reduce_sum(full)  # the other shares are zeros: the sum is exact
 

@@ -25,6 +25,7 @@ from .bench import deployment_bench, describe_model
 from .checkpoint import load_weights, save_weights
 from .config import RunConfig, from_dict, load_config, to_yaml
 from .data import Dataset, load_dataset
+from .device import describe, resolve_device
 from .engine import Distiller, Images, evaluate, fit, predict_logits_shared
 from .export import check_parity, export_onnx, ort_session
 from .errors import ConfigError, KdistillError, RunInterrupted
@@ -74,9 +75,9 @@ def _cpu_name() -> str:
     return f"{platform.processor() or platform.machine()} ({os.cpu_count()} cores)"
 
 
-def environment() -> dict:
+def environment(device: torch.device = torch.device("cpu")) -> dict:
     return {"torch": torch.__version__, "python": platform.python_version(),
-            "threads": torch.get_num_threads(), "device": "cpu", "cpu": _cpu_name(),
+            "threads": torch.get_num_threads(), "device": describe(device), "cpu": _cpu_name(),
             "platform": platform.platform(), "git_commit": _git_commit()}
 
 
@@ -228,6 +229,10 @@ def run(config: RunConfig | str | Path | dict | None = None, out: str | Path | N
     else:
         cfg, name = resolve_config(config, overrides)
     world = distributed.world_size()
+    device = resolve_device(cfg.device)
+    if cfg.precision == "fp16" and device.type != "cuda":
+        raise ConfigError("config key 'precision': fp16 training needs a CUDA device",
+                          "use precision=bf16 or fp32")
     torch.set_num_threads(cfg.threads or max(1, (os.cpu_count() or 1) // world))
     if world > 1 and is_feature_loss(cfg.distill.loss):
         raise ConfigError(f"config key 'distill.loss': {cfg.distill.loss} is not supported with "
@@ -238,7 +243,7 @@ def run(config: RunConfig | str | Path | dict | None = None, out: str | Path | N
                               f"evenly over {world} processes", "use a multiple of the process count")
     # Everything that can be wrong with the input is found before anything is written.
     dataset = load_dataset(cfg.data.name, cfg.data.root).subset(cfg.data.train_subset)
-    train, val, test = _splits(cfg, dataset)
+    train, val, test = (split.to(device) for split in _splits(cfg, dataset))
     roles = {"teacher": cfg.teacher, "student": cfg.student}
     if cfg.control:
         roles["control"] = cfg.student
@@ -247,6 +252,8 @@ def run(config: RunConfig | str | Path | dict | None = None, out: str | Path | N
               for role, spec in roles.items()}
     if cfg.teacher.weights:
         load_weights(cfg.teacher.weights, models["teacher"])
+    for model in models.values():
+        model.to(device)
     if resume is None:
         out_dir = _on_main(lambda: prepare_out_dir(out, name))
         metrics = {"name": name, "kdistill_version": __version__}
@@ -362,7 +369,8 @@ class _Experiment:
         cfg, metrics = self.cfg, self.metrics
         if self.main:
             atomic_write_text(self.out_dir / "config.yaml", to_yaml(cfg))
-        metrics.update(status="running", config=cfg.model_dump(mode="json"), env=environment())
+        metrics.update(status="running", config=cfg.model_dump(mode="json"),
+                       env=environment(self.train.device))
         metrics.pop("error", None)
         metrics["dataset"] = {"name": self.dataset.name, "classes": list(self.dataset.classes),
                               "train_size": len(self.train), "val_size": len(self.val),
@@ -451,7 +459,8 @@ class _Experiment:
                           evaluate_on=self.test,
                           on_epoch_end=self.log.epoch(role, spec.epochs), progress=self.show,
                           desc=role, checkpoint=self.out_dir / "checkpoints" / f"{role}.safetensors",
-                          checkpoint_every=cfg.checkpoint_every)
+                          checkpoint_every=cfg.checkpoint_every, precision=cfg.precision,
+                          compile=cfg.compile)
             self.phase(role, t0)
             if features is not None:
                 features.remove()

@@ -11,7 +11,8 @@ def random_translate(images: torch.Tensor, pixels: int, generator: torch.Generat
         return images
     b, h, w = images.shape
     padded = torch.nn.functional.pad(images, (pixels, pixels, pixels, pixels))
-    dy, dx = torch.randint(0, 2 * pixels + 1, (2, b, 1), generator=generator)
-    rows = (dy + torch.arange(h)).unsqueeze(2)  # [B, H, 1]
-    cols = (dx + torch.arange(w)).unsqueeze(1)  # [B, 1, W]
-    return padded[torch.arange(b).view(b, 1, 1), rows, cols]
+    # offsets come from the (CPU) generator whatever the device, so runs reproduce everywhere
+    dy, dx = torch.randint(0, 2 * pixels + 1, (2, b, 1), generator=generator).to(images.device)
+    rows = (dy + torch.arange(h, device=images.device)).unsqueeze(2)  # [B, H, 1]
+    cols = (dx + torch.arange(w, device=images.device)).unsqueeze(1)  # [B, 1, W]
+    return padded[torch.arange(b, device=images.device).view(b, 1, 1), rows, cols]
