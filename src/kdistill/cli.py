@@ -68,6 +68,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--quiet", action="store_true", help="print nothing but errors")
     r.add_argument("--tensorboard", action="store_true",
                    help="also write TensorBoard event files to RUN_DIR/tensorboard")
+    r.add_argument("--device", help="auto (default: CUDA, then MPS, then CPU), cpu, cuda, cuda:N, "
+                                    "mps (same as device=)")
     r.add_argument("--nproc", type=int, default=1, metavar="N",
                    help="train with N processes (DistributedDataParallel via torchrun)")
     r.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. seed=1")
@@ -129,6 +131,8 @@ def _cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
     overrides = list(args.overrides)
     if args.data_root:
         overrides.append(f"data.root={args.data_root}")
+    if args.device:
+        overrides.append(f"device={args.device}")
     try:
         if args.resume:
             run(resume=args.resume, overrides=overrides, out=args.out, quiet=args.quiet,
