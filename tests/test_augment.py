@@ -1,6 +1,6 @@
 import torch
 
-from kdistill.data.augment import random_translate
+from kdistill.data.augment import augment, random_affine, random_translate
 from kdistill.engine import Distiller, Images, fit
 from kdistill.models import ConvNet, count_params, create_model
 
@@ -23,6 +23,30 @@ def test_translate_is_seeded_and_zero_filled():
     assert torch.equal(a, b)
     assert set(a.unique().tolist()) <= {0, 7}
     assert torch.equal(random_translate(images, 0, torch.Generator()), images)
+
+
+def test_affine_is_identity_at_zero_and_seeded():
+    images = torch.randint(0, 256, (8, 28, 28), dtype=torch.uint8)
+    same = random_affine(images, 0.0, 0.0, torch.Generator().manual_seed(0))
+    assert same.dtype == torch.float32 and torch.allclose(same, images.float(), atol=1e-3)
+    a = augment(images, torch.Generator().manual_seed(3), translate=2, rotate=15, scale=0.1)
+    b = augment(images, torch.Generator().manual_seed(3), translate=2, rotate=15, scale=0.1)
+    assert torch.equal(a, b) and not torch.equal(a, images.float())
+
+
+def test_affine_rotates_and_zooms_within_its_ranges():
+    bar = torch.zeros(500, 28, 28, dtype=torch.uint8)
+    bar[:, 13:15, 4:24] = 255  # a horizontal bar through the centre
+    out = random_affine(bar, 30.0, 0.0, torch.Generator().manual_seed(0))
+    # the bar's slope, from its pixel mass: |angle| <= 30 degrees, and angles of both signs occur
+    ys, xs = torch.meshgrid(torch.arange(28.0) - 13.5, torch.arange(28.0) - 13.5, indexing="ij")
+    w = out / out.sum((1, 2), keepdim=True)
+    cov_xy, var_x = (w * xs * ys).sum((1, 2)), (w * xs * xs).sum((1, 2))
+    angles = torch.rad2deg(torch.atan(cov_xy / var_x))
+    assert angles.abs().max() <= 31 and angles.min() < -20 and angles.max() > 20
+    mass = random_affine(bar, 0.0, 0.2, torch.Generator().manual_seed(0)).sum((1, 2)) / bar.float().sum((1, 2))
+    # zooming by z scales a centred bar's area by about z^2, z in [0.8, 1.2]
+    assert 0.6 < mass.min() < 0.75 and 1.3 < mass.max() < 1.5
 
 
 def test_teacher_sees_the_students_augmented_batch():

@@ -27,8 +27,18 @@ class DataConfig(_Strict):
     train_subset: int | None = Field(None, ge=1, description="use only the first N training images")
     translate: int = Field(0, ge=0, le=8, description="augmentation: random shifts of up to N "
                                                       "pixels, for every model trained")
+    rotate: float = Field(0.0, ge=0, le=45, description="augmentation: random rotations of up "
+                                                        "to N degrees")
+    scale: float = Field(0.0, ge=0, lt=1, description="augmentation: random zoom by a factor in "
+                                                      "[1 - scale, 1 + scale]")
     val_size: int = Field(0, ge=0, description="images held out of the end of the training set "
                                                "for validation (never trained on)")
+
+
+    @property
+    def augmented(self) -> bool:
+        """Whether training inputs change from epoch to epoch (so teacher logits are not fixed)."""
+        return bool(self.translate or self.rotate or self.scale)
 
 
 class TrainConfig(_Strict):

@@ -22,7 +22,7 @@ from tqdm import tqdm
 from . import distributed
 from .device import autocast
 from .checkpoint import load_train_state, save_train_state
-from .data.augment import random_translate
+from .data.augment import augment
 from .data.datasets import batch_indices, normalize
 from .errors import KdistillError
 from .losses import bind_loss
@@ -140,7 +140,8 @@ class NonFiniteLoss(KdistillError):
 
 def fit(distiller: Distiller, train: Images, *, epochs: int, batch_size: int, lr: float,
         seed: int, optimizer: str = "adam", weight_decay: float = 0.0, schedule: str = "constant",
-        translate: int = 0, evaluate_on: Images | None = None, on_epoch_end: Callable[[dict], None] | None = None,
+        translate: int = 0, rotate: float = 0.0, scale: float = 0.0,
+        evaluate_on: Images | None = None, on_epoch_end: Callable[[dict], None] | None = None,
         progress: bool | None = None, desc: str = "train", checkpoint: Path | None = None,
         checkpoint_every: int = 1, precision: str = "fp32", compile: bool = False) -> list[dict]:
     """Train ``distiller.student`` in place; return one record per epoch.
@@ -148,8 +149,9 @@ def fit(distiller: Distiller, train: Images, *, epochs: int, batch_size: int, lr
     Each record holds ``epoch``, ``train_loss`` (mean over steps), the mean of each loss term,
     ``seconds`` (training time of the epoch) and, when ``evaluate_on`` is given, ``test_accuracy``
     and ``test_loss`` measured after the epoch. Shuffling, augmentation (``translate``: random
-    shifts of up to that many pixels, drawn per image) and dropout are seeded by ``seed``; a
-    teacher module sees the same augmented batch as the student.
+    shifts of up to that many pixels; ``rotate``: degrees; ``scale``: zoom range; all drawn per
+    image) and dropout are seeded by ``seed``; a teacher module sees the same augmented batch as
+    the student.
 
     With ``checkpoint``, the full training state is saved there (atomically) every
     ``checkpoint_every`` epochs and at the end; if the file exists, training continues from it
@@ -187,8 +189,8 @@ def fit(distiller: Distiller, train: Images, *, epochs: int, batch_size: int, lr
                    unit="step", dynamic_ncols=True)
         for step, index in enumerate(batch_indices(len(train), batch_size, generator), start=1):
             index = (index.tensor_split(world)[rank] if world > 1 else index).to(device)
-            if translate:
-                x = normalize(random_translate(train.images[index], translate, generator),
+            if translate or rotate or scale:
+                x = normalize(augment(train.images[index], generator, translate, rotate, scale),
                               train.mean, train.std)
             else:
                 x = train.inputs(index)

@@ -416,7 +416,7 @@ class _Experiment:
         # The teacher is frozen: on fixed inputs its logits are computed once (each process
         # computing its share under torchrun). Augmentation and feature objectives run it live.
         teacher_logits = None
-        if not (cfg.data.translate or is_feature_loss(cfg.distill.loss)):
+        if not (cfg.data.augmented or is_feature_loss(cfg.distill.loss)):
             t = time.perf_counter()
             teacher_logits = predict_logits_shared(self.models["teacher"], self.train,
                                                    cfg.eval_batch_size)
@@ -455,7 +455,8 @@ class _Experiment:
             history = fit(distiller, self.train, epochs=spec.epochs, batch_size=spec.batch_size,
                           lr=spec.lr, seed=cfg.seed, optimizer=spec.optimizer,
                           weight_decay=spec.weight_decay, schedule=spec.schedule,
-                          translate=cfg.data.translate,
+                          translate=cfg.data.translate, rotate=cfg.data.rotate,
+                          scale=cfg.data.scale,
                           evaluate_on=self.test,
                           on_epoch_end=self.log.epoch(role, spec.epochs), progress=self.show,
                           desc=role, checkpoint=self.out_dir / "checkpoints" / f"{role}.safetensors",

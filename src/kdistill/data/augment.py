@@ -1,7 +1,10 @@
 """Augmentations as batched tensor ops on uint8 images (no per-sample Python)."""
 from __future__ import annotations
 
+import math
+
 import torch
+import torch.nn.functional as F
 
 
 def random_translate(images: torch.Tensor, pixels: int, generator: torch.Generator) -> torch.Tensor:
@@ -16,3 +19,27 @@ def random_translate(images: torch.Tensor, pixels: int, generator: torch.Generat
     rows = (dy + torch.arange(h, device=images.device)).unsqueeze(2)  # [B, H, 1]
     cols = (dx + torch.arange(w, device=images.device)).unsqueeze(1)  # [B, 1, W]
     return padded[torch.arange(b, device=images.device).view(b, 1, 1), rows, cols]
+
+
+def random_affine(images: torch.Tensor, degrees: float, scale: float,
+                  generator: torch.Generator) -> torch.Tensor:
+    """Rotate each image of a batch [B, H, W] about its centre by its own random angle in
+    [-degrees, degrees] and zoom it by a factor in [1 - scale, 1 + scale] (bilinear, zero fill).
+    Returns float pixels on the input's 0-255 scale."""
+    b, h, w = images.shape
+    u = torch.rand(2, b, generator=generator, dtype=torch.float64).float().to(images.device) * 2 - 1
+    angle, zoom = u[0] * math.radians(degrees), 1 + u[1] * scale
+    cos, sin, zero = torch.cos(angle) / zoom, torch.sin(angle) / zoom, torch.zeros_like(angle)
+    theta = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)
+    grid = F.affine_grid(theta, [b, 1, h, w], align_corners=False)
+    return F.grid_sample(images.unsqueeze(1).float(), grid, align_corners=False).squeeze(1)
+
+
+def augment(images: torch.Tensor, generator: torch.Generator, translate: int = 0,
+            rotate: float = 0.0, scale: float = 0.0) -> torch.Tensor:
+    """The training augmentations in order: integer shifts, then rotation and zoom."""
+    if translate:
+        images = random_translate(images, translate, generator)
+    if rotate or scale:
+        images = random_affine(images, rotate, scale, generator)
+    return images
