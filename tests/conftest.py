@@ -30,6 +30,12 @@ def _offline_and_isolated(tmp_path_factory):
             os.environ[key] = value
 
 
+@pytest.fixture(autouse=True)
+def _own_teacher_cache(tmp_path, monkeypatch):
+    """Each test starts with an empty teacher cache of its own (runs within a test share it)."""
+    monkeypatch.setenv("KDISTILL_CACHE", str(tmp_path / "teacher-cache"))
+
+
 def make_images(n: int, classes: int = 10, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Learnable 28x28 uint8 images: class k lights up a 4-pixel-wide band at row 2k, plus noise."""
     rng = np.random.default_rng(seed)

@@ -57,6 +57,8 @@ class TrainConfig(_Strict):
 class TeacherConfig(TrainConfig):
     weights: str | None = Field(None, description="load these safetensors weights instead of "
                                                    "training the teacher")
+    ensemble: int = Field(1, ge=1, le=16, description="train N teachers (seeds seed..seed+N-1) "
+                                                      "and distil from their averaged soft targets")
 
 
 class DistillConfig(_Strict):

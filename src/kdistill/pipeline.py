@@ -31,8 +31,9 @@ from .export import check_parity, export_onnx, ort_session
 from .errors import ConfigError, KdistillError, RunInterrupted
 from .files import atomic_write_json, atomic_write_text
 from .losses import FeatureDistillation, feature_kind, is_feature_loss
-from .models import create_model
+from .models import Ensemble, create_model
 from .report import write_report
+from .teacher_cache import TeacherCache, data_fingerprint, teacher_key
 
 
 @dataclass
@@ -116,6 +117,14 @@ def _build(role: str, spec, seed: int, dataset: Dataset) -> nn.Module:
                           f"image but {dataset.name} has {dataset.num_classes} classes",
                           f"set {role}.kwargs.num_classes or change the model")
     return model.train()
+
+
+def _build_teacher(cfg: RunConfig, dataset: Dataset) -> nn.Module:
+    """The teacher, or with ``teacher.ensemble`` N > 1 an :class:`Ensemble` of N teachers built
+    (and later trained) with seeds seed, seed+1, ..."""
+    members = [_build("teacher", cfg.teacher, cfg.seed + i, dataset)
+               for i in range(cfg.teacher.ensemble)]
+    return members[0] if len(members) == 1 else Ensemble(members, cfg.distill.temperature)
 
 
 def _summary_writer(directory: Path):
@@ -213,11 +222,14 @@ def _open_resumed(run_dir: str | Path) -> tuple[Path, RunConfig, dict]:
 
 def run(config: RunConfig | str | Path | dict | None = None, out: str | Path | None = None, *,
         overrides: Sequence[str] = (), quiet: bool = False, progress: bool | None = None,
-        resume: str | Path | None = None, tensorboard: bool = False) -> Run:
+        resume: str | Path | None = None, tensorboard: bool = False,
+        retrain_teacher: bool = False) -> Run:
     """Run the whole experiment; ``config`` is a preset name (default ``seed``), YAML path,
     dict or :class:`RunConfig`, and ``overrides`` are ``key=value`` strings. ``resume`` names
     the directory of a stopped run to continue from its last checkpoints instead; with
-    ``tensorboard`` every epoch's numbers also go to TensorBoard event files in ``tensorboard/``."""
+    ``tensorboard`` every epoch's numbers also go to TensorBoard event files in ``tensorboard/``.
+    A teacher trained before with the same recipe comes from the teacher cache unless
+    ``retrain_teacher``."""
     started = time.perf_counter()
     distributed.init_from_env()  # a no-op unless started by torchrun
     if resume is not None:
@@ -234,6 +246,9 @@ def run(config: RunConfig | str | Path | dict | None = None, out: str | Path | N
         raise ConfigError("config key 'precision': fp16 training needs a CUDA device",
                           "use precision=bf16 or fp32")
     torch.set_num_threads(cfg.threads or max(1, (os.cpu_count() or 1) // world))
+    if cfg.teacher.ensemble > 1 and is_feature_loss(cfg.distill.loss):
+        raise ConfigError(f"config key 'distill.loss': {cfg.distill.loss} needs a single teacher",
+                          "set teacher.ensemble=1 or use a logit objective")
     if world > 1 and is_feature_loss(cfg.distill.loss):
         raise ConfigError(f"config key 'distill.loss': {cfg.distill.loss} is not supported with "
                           "several processes yet", "run it in one process")
@@ -248,8 +263,8 @@ def run(config: RunConfig | str | Path | dict | None = None, out: str | Path | N
     if cfg.control:
         roles["control"] = cfg.student
     # The student and its control start from the same weights: both are built from cfg.seed.
-    models = {role: _build(role.replace("control", "student"), spec, cfg.seed, dataset)
-              for role, spec in roles.items()}
+    models = {role: _build_teacher(cfg, dataset) if role == "teacher" else
+              _build("student", spec, cfg.seed, dataset) for role, spec in roles.items()}
     if cfg.teacher.weights:
         load_weights(cfg.teacher.weights, models["teacher"])
     for model in models.values():
@@ -259,7 +274,7 @@ def run(config: RunConfig | str | Path | dict | None = None, out: str | Path | N
         metrics = {"name": name, "kdistill_version": __version__}
     with _locked(out_dir) if distributed.is_main() else contextlib.nullcontext():
         result = _Experiment(cfg, out_dir, metrics, dataset, (train, val, test), models, quiet,
-                             progress, started, tensorboard).run()
+                             progress, started, tensorboard, retrain_teacher).run()
     distributed.barrier()
     return result
 
@@ -304,8 +319,8 @@ def load_run(run_dir: str | Path) -> tuple[Path, RunConfig, dict, Images, dict[s
     test = _splits(cfg, dataset)[2]
     models = {}
     for role in metrics.get("models", {}):
-        spec = cfg.teacher if role == "teacher" else cfg.student
-        models[role] = _build(role.replace("control", "student"), spec, cfg.seed, dataset)
+        models[role] = (_build_teacher(cfg, dataset) if role == "teacher" else
+                        _build("student", cfg.student, cfg.seed, dataset))
         load_weights(run_dir / f"{role}.safetensors", models[role])
     if not {"teacher", "student"} <= set(models):
         raise KdistillError(f"{run_dir} has no trained teacher and student yet",
@@ -343,7 +358,7 @@ class _Experiment:
     def __init__(self, cfg: RunConfig, out_dir: Path, metrics: dict, dataset: Dataset,
                  splits: tuple[Images, Images, Images], models: dict[str, nn.Module],
                  quiet: bool, progress: bool | None, started: float,
-                 tensorboard: bool = False) -> None:
+                 tensorboard: bool = False, retrain_teacher: bool = False) -> None:
         self.cfg, self.out_dir, self.metrics, self.dataset = cfg, out_dir, metrics, dataset
         self.train, self.val, self.test = splits
         self.models, self.started = models, started
@@ -355,6 +370,8 @@ class _Experiment:
         self.show = (not quiet) and self.main and (sys.stderr.isatty() if progress is None
                                                    else progress)
         self.timings: dict[str, float] = {}
+        self.cache, self.retrain_teacher = TeacherCache(), retrain_teacher
+        self.teacher_keys: list[str] = []  # cache keys of the teacher (each ensemble member)
         if self.main:
             (out_dir / "checkpoints").mkdir(exist_ok=True)
 
@@ -418,8 +435,18 @@ class _Experiment:
         teacher_logits = None
         if not (cfg.data.augmented or is_feature_loss(cfg.distill.loss)):
             t = time.perf_counter()
-            teacher_logits = predict_logits_shared(self.models["teacher"], self.train,
-                                                   cfg.eval_batch_size)
+            name = "train_logits-" + teacher_key({"members": self.teacher_keys,
+                                                  "T": cfg.distill.temperature})
+            key = self.teacher_keys[0] if self.teacher_keys else None
+            teacher_logits = self.cache.load_logits(key, name) if key else None
+            if teacher_logits is not None and len(teacher_logits) == len(self.train):
+                teacher_logits = teacher_logits.to(self.train.device)
+                self.log.say("teacher  logits on the training set from the cache")
+            else:
+                teacher_logits = predict_logits_shared(self.models["teacher"], self.train,
+                                                       cfg.eval_batch_size)
+                if key and self.main:
+                    self.cache.store_logits(key, name, teacher_logits)
             self.phase("teacher_logits", t)
         self.train_model("student", cfg.student,
                          self.models["teacher"] if teacher_logits is None else teacher_logits)
@@ -429,6 +456,78 @@ class _Experiment:
             done = self.metrics["models"]
             gain = done["student"]["test_accuracy"] - done["control"]["test_accuracy"]
         self.metrics["distill"] = {**cfg.distill.model_dump(), "gain_over_control": gain}
+
+    def _fit(self, name: str, model: nn.Module, spec, teacher: torch.Tensor | nn.Module | None,
+             seed: int) -> list[dict]:
+        """Train ``model`` (checkpointed as ``checkpoints/<name>``); return its epoch records."""
+        cfg = self.cfg
+        features = None
+        if isinstance(teacher, nn.Module) and is_feature_loss(cfg.distill.loss):
+            features = FeatureDistillation(
+                model, teacher, self.train.inputs(slice(0, 2)), feature_kind(cfg.distill.loss),
+                student_layer=cfg.student.features, teacher_layer=cfg.teacher.features,
+                weight=cfg.distill.feature_weight)
+        d = cfg.distill
+        distiller = Distiller(model, teacher, d.loss, features=features, temperature=d.temperature,
+                              alpha=d.alpha, beta=d.beta, standardize=d.standardize)
+        t0 = time.perf_counter()
+        history = fit(distiller, self.train, epochs=spec.epochs, batch_size=spec.batch_size,
+                      lr=spec.lr, seed=seed, optimizer=spec.optimizer,
+                      weight_decay=spec.weight_decay, schedule=spec.schedule,
+                      translate=cfg.data.translate, rotate=cfg.data.rotate, scale=cfg.data.scale,
+                      evaluate_on=self.test, on_epoch_end=self.log.epoch(name, spec.epochs),
+                      progress=self.show, desc=name,
+                      checkpoint=self.out_dir / "checkpoints" / f"{name}.safetensors",
+                      checkpoint_every=cfg.checkpoint_every, precision=cfg.precision,
+                      compile=cfg.compile)
+        self.phase(name, t0)
+        if features is not None:
+            features.remove()
+        return history
+
+    def _teacher_recipe(self, seed: int) -> dict:
+        """Everything that determines a trained teacher (its cache key is a hash of this)."""
+        cfg = self.cfg
+        if not hasattr(self, "_fingerprint"):
+            self._fingerprint = data_fingerprint(self.dataset.train_images, self.dataset.train_labels,
+                                                 self.dataset.test_images, self.dataset.test_labels)
+        return {"teacher": cfg.teacher.model_dump(mode="json", exclude={"weights", "ensemble",
+                                                                        "features"}),
+                "data": cfg.data.model_dump(mode="json", exclude={"root"}),
+                "data_sha256": self._fingerprint, "seed": seed, "precision": cfg.precision,
+                "compile": cfg.compile, "device": self.train.device.type,
+                "processes": distributed.world_size()}
+
+    def _train_teacher(self, model: nn.Module) -> tuple[list[dict], dict]:
+        """Train the teacher (each member of an ensemble), or take it from the teacher cache."""
+        cfg = self.cfg
+        members = list(model.members) if isinstance(model, Ensemble) else [model]
+        histories, summary = [], []
+        for i, member in enumerate(members):
+            name, seed = ("teacher" if len(members) == 1 else f"teacher{i}"), cfg.seed + i
+            key = teacher_key(self._teacher_recipe(seed))
+            self.teacher_keys.append(key)
+            cached = None if self.retrain_teacher else self.cache.load(key, member)
+            if cached is not None:
+                self.log.say(f"{name:8s} from the teacher cache ({cached['cached']}; "
+                             "--retrain-teacher to train it again)")
+                history = cached["history"]
+            else:
+                history = self._fit(name, member, cfg.teacher, None, seed)
+                if self.main:
+                    self.cache.store(key, member, {"history": history},
+                                     {"role": "teacher", "model": cfg.teacher.model, "seed": seed,
+                                      "key": key, "kdistill_version": __version__})
+            histories.append(history)
+            summary.append({"seed": seed, "cache_key": key, "from_cache": cached is not None,
+                            "test_accuracy": (history[-1].get("test_accuracy")
+                                              if history else None)})
+        extra = {"members": summary} if len(members) > 1 else {
+            "cache_key": summary[0]["cache_key"], "from_cache": summary[0]["from_cache"]}
+        # what this run spent: cached members cost nothing now
+        extra["train_seconds"] = sum(h["seconds"] for m, hs in zip(summary, histories)
+                                     if not m["from_cache"] for h in hs)
+        return histories[0], extra
 
     def train_model(self, role: str, spec, teacher: torch.Tensor | nn.Module | None = None,
                     trained: bool = False) -> None:
@@ -440,36 +539,17 @@ class _Experiment:
             self.log.say(f"{role:8s} already trained (resumed run)")
             return
         history: list[dict] = []
-        if not trained:
-            features = None
-            if isinstance(teacher, nn.Module) and is_feature_loss(cfg.distill.loss):
-                features = FeatureDistillation(
-                    model, teacher, self.train.inputs(slice(0, 2)), feature_kind(cfg.distill.loss),
-                    student_layer=cfg.student.features, teacher_layer=cfg.teacher.features,
-                    weight=cfg.distill.feature_weight)
-            d = cfg.distill
-            distiller = Distiller(model, teacher, d.loss, features=features,
-                                  temperature=d.temperature, alpha=d.alpha, beta=d.beta,
-                                  standardize=d.standardize)
-            t0 = time.perf_counter()
-            history = fit(distiller, self.train, epochs=spec.epochs, batch_size=spec.batch_size,
-                          lr=spec.lr, seed=cfg.seed, optimizer=spec.optimizer,
-                          weight_decay=spec.weight_decay, schedule=spec.schedule,
-                          translate=cfg.data.translate, rotate=cfg.data.rotate,
-                          scale=cfg.data.scale,
-                          evaluate_on=self.test,
-                          on_epoch_end=self.log.epoch(role, spec.epochs), progress=self.show,
-                          desc=role, checkpoint=self.out_dir / "checkpoints" / f"{role}.safetensors",
-                          checkpoint_every=cfg.checkpoint_every, precision=cfg.precision,
-                          compile=cfg.compile)
-            self.phase(role, t0)
-            if features is not None:
-                features.remove()
+        extra: dict = {}
+        if role == "teacher" and not trained:
+            history, extra = self._train_teacher(model)
+        elif not trained:
+            history = self._fit(role, model, spec, teacher, cfg.seed)
         result = evaluate(model, self.test, cfg.eval_batch_size, self.dataset.num_classes)
         entry = {"model": spec.model, "test_accuracy": result["accuracy"],
                  "test_loss": result["loss"], "per_class_accuracy": result["per_class_accuracy"],
                  "confusion": result["confusion"],
                  "train_seconds": sum(h["seconds"] for h in history), "history": history}
+        entry.update(extra)
         if trained:
             entry["weights"] = str(cfg.teacher.weights)
         if len(self.val):

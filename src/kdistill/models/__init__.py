@@ -1,6 +1,6 @@
 """Models: the spec's nets, an MLP builder and a registry of names."""
-from .nets import MLP, ConvNet, StudentNet, TeacherNet
+from .nets import MLP, ConvNet, Ensemble, StudentNet, TeacherNet
 from .registry import count_params, create_model, list_models, register_model
 
-__all__ = ["MLP", "ConvNet", "StudentNet", "TeacherNet", "count_params", "create_model", "list_models",
+__all__ = ["MLP", "ConvNet", "Ensemble", "StudentNet", "TeacherNet", "count_params", "create_model", "list_models",
            "register_model"]

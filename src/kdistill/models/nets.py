@@ -1,6 +1,8 @@
 """The networks: the spec's teacher CNN and student MLP, and an MLP builder."""
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -88,3 +90,22 @@ class ConvNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.features(x.contiguous(memory_format=torch.channels_last))
         return self.fc2(self.dropout(torch.relu(self.fc1(x.flatten(1)))))
+
+
+class Ensemble(nn.Module):
+    """Several teachers whose soft targets are averaged (Hinton et al. 2015, section 2).
+
+    The output is ``T * log(mean_i softmax(z_i / T))``: logits whose softmax at temperature ``T``
+    is exactly the members' average soft target (at T = 1 the average of their probabilities),
+    so any logit objective can distil from the ensemble unchanged.
+    """
+
+    def __init__(self, members: list[nn.Module], temperature: float = 1.0) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(members)
+        self.temperature = temperature
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = self.temperature
+        log_probs = torch.stack([torch.log_softmax(m(x) / t, dim=1) for m in self.members])
+        return t * (torch.logsumexp(log_probs, 0) - math.log(len(self.members)))
