@@ -68,6 +68,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--quiet", action="store_true", help="print nothing but errors")
     r.add_argument("--tensorboard", action="store_true",
                    help="also write TensorBoard event files to RUN_DIR/tensorboard")
+    r.add_argument("--retrain-teacher", action="store_true",
+                   help="train the teacher even if the teacher cache holds one of this recipe")
     r.add_argument("--device", help="auto (default: CUDA, then MPS, then CPU), cpu, cuda, cuda:N, "
                                     "mps (same as device=)")
     r.add_argument("--nproc", type=int, default=1, metavar="N",
@@ -139,7 +141,7 @@ def _cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
                 tensorboard=args.tensorboard)
         else:
             run(args.config or args.preset, args.out, overrides=overrides, quiet=args.quiet,
-                tensorboard=args.tensorboard)
+                tensorboard=args.tensorboard, retrain_teacher=args.retrain_teacher)
     finally:
         distributed.shutdown()
     return 0
