@@ -39,6 +39,9 @@ HELP_EXAMPLES = {
                '"distill.loss=hinton distill.temperature=4 distill.alpha=0.9"\n'
                '  kdistill compare student.epochs=3 --objectives "distill.loss=kl" "distill.loss=dkd"'
                '   # overrides go before --objectives',
+    "reproduce": "kdistill reproduce hinton-mnist --quick   # every experiment, short schedules\n"
+                 "  kdistill reproduce hinton-mnist --seeds 3 --device cuda --out runs/hinton\n"
+                 "  kdistill reproduce hinton-mnist --out runs/hinton   # again: continues where it stopped",
     "sweep": "kdistill sweep distill.temperature=1,2,4,8,16,20 distill.alpha=0.5,0.9\n"
              "  kdistill sweep --out runs/temps distill.temperature=1,4,16 student.epochs=3",
 }
@@ -121,6 +124,19 @@ def _parser() -> argparse.ArgumentParser:
             st.add_argument("overrides", nargs="+", metavar="KEY=V1,V2,...|key=value",
                             help="swept keys (comma-separated values) and plain overrides")
         st.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    rp = _add(sub, "reproduce", "reproduce a paper's experiments: paper against ours in one table")
+    rp.add_argument("experiment", help="hinton-mnist (Hinton et al. 2015, section 3)")
+    rp.add_argument("--quick", action="store_true",
+                    help="every experiment, on 10,000 training images with short schedules "
+                         "(minutes on 2 CPU cores)")
+    rp.add_argument("--seeds", type=int, default=1, metavar="N",
+                    help="train everything with seeds 0..N-1; ours is mean ± std (default 1)")
+    rp.add_argument("--out", type=Path, help="output directory (default runs/<experiment>-<timestamp>); "
+                                             "an unfinished one is continued")
+    rp.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
+    rp.add_argument("--data-root", help="where datasets live (default $KDISTILL_DATA or user cache)")
+    rp.add_argument("--quiet", action="store_true", help="print only the final table")
+    rp.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return p
 
 
@@ -213,6 +229,18 @@ def _cmd_study(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_reproduce(args: argparse.Namespace, argv: list[str]) -> int:
+    from .reproduce import reproduce
+
+    say = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
+    results = reproduce(args.experiment, args.out, quick=args.quick, seeds=args.seeds,
+                        device=args.device, data_root=args.data_root, progress=say,
+                        show_bars=False if args.quiet else None,
+                        command=" ".join(["kdistill", *argv]))
+    print((Path(results["out_dir"]) / "table.md").read_text(), end="")
+    return 0
+
+
 def _listing(items: dict[str, str]) -> int:
     width = max(map(len, items), default=0)
     for name, text in items.items():
@@ -237,6 +265,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command in ("compare", "sweep"):
             return _cmd_study(args)
+        if args.command == "reproduce":
+            return _cmd_reproduce(args, argv)
         if args.command == "runs":
             return _cmd_runs(args.directory)
         if args.command == "bench":

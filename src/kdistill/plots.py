@@ -159,6 +159,46 @@ def confusion_figure(metrics: dict) -> Figure | None:
     return fig
 
 
+def temperature_figure(series: dict[str, dict[float, tuple[float, float]]],
+                       references: dict[str, float] | None = None,
+                       title: str = "Distilled student: test errors against temperature") -> Figure | None:
+    """Test errors against the distillation temperature, one panel per student.
+
+    ``series`` maps a student's label to ``{T: (mean errors, std)}``; ``references`` maps the
+    same label to the errors of that student trained on labels alone (a dashed line). Each
+    student has its own panel: a 30-unit net makes several times the errors of an 800-unit one,
+    and one shared axis would flatten the smaller differences. None with nothing to plot.
+    """
+    series = {label: points for label, points in series.items() if points}
+    if not series:
+        return None
+    references = references or {}
+    fig = Figure(figsize=(3.6 * len(series) + 0.4, 3.4), dpi=DPI, layout="constrained")
+    axes = fig.subplots(1, len(series), squeeze=False)[0]
+    for ax, (label, points) in zip(axes, series.items()):
+        temps = sorted(points)
+        means = [points[t][0] for t in temps]
+        stds = [points[t][1] for t in temps]
+        ax.errorbar(temps, means, yerr=stds if any(stds) else None, marker="o", capsize=3,
+                    color=COLORS["student"], label="distilled")
+        if references.get(label) is not None:
+            ax.axhline(references[label], color=COLORS["control"], linestyle="--",
+                       label="labels only")
+        ax.set_xscale("log")
+        ax.set_xticks(temps, [f"{t:g}" for t in temps])
+        ax.minorticks_off()
+        ax.set(xlabel="temperature T", ylabel="test errors", title=label)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
+    fig.suptitle(title)
+    return fig
+
+
+def png_bytes(fig: Figure) -> bytes:
+    """A figure as PNG bytes, reproducibly (no timestamp or version inside)."""
+    return _png(fig)
+
+
 FIGURES = {"accuracy": accuracy_figure, "tradeoff": tradeoff_figure, "confusion": confusion_figure}
 
 
