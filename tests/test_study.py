@@ -62,6 +62,20 @@ def test_compare_pairs_each_seed_with_one_control(idx_dir, tmp_path):
     assert "| objective | seeds |" in md and "`distill.loss=kl`" in md
 
 
+def test_compare_continues_a_stopped_study(idx_dir, tmp_path):
+    out, args = tmp_path / "cmp", [f"data.name={idx_dir}", *TINY]
+    first = study.compare(OBJECTIVES[:1], out=out, seeds=1, overrides=args)
+    run_dir = out / first[0]["slug"] / "seed0"
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    del metrics["models"]["control"]  # as if stopped while training the control
+    metrics["status"] = "interrupted"
+    (run_dir / "metrics.json").write_text(json.dumps(metrics))
+    (run_dir / "control.safetensors").unlink()
+    again = study.compare(OBJECTIVES[:1], out=out, seeds=1, overrides=args)
+    assert json.loads((run_dir / "metrics.json").read_text())["status"] == "complete"
+    assert again[0]["control_mean"] == first[0]["control_mean"]  # resumed from its checkpoint
+
+
 def test_sweep_grid_table_and_plot(idx_dir, tmp_path, capsys):
     out = tmp_path / "sw"
     code = main(["sweep", "--quiet", "--out", str(out), f"data.name={idx_dir}", *TINY,

@@ -98,14 +98,16 @@ def _recipe(pairs: Sequence[tuple[str, str]]) -> tuple:
 # ---------------------------------------------------------------- running
 
 def _run_point(config: Config, out_dir: Path, overrides: list[str], verbose: bool) -> dict:
-    """One run's metrics: read back when ``out_dir`` holds a complete run, else trained."""
+    """One run's metrics: read back when ``out_dir`` holds a complete run, resumed from its
+    checkpoints when it holds a stopped one, else trained."""
+    from .pipeline import run
+
     metrics_file = out_dir / "metrics.json"
     if metrics_file.is_file():
         metrics = json.loads(metrics_file.read_text())
         if metrics.get("status") == "complete":
             return metrics
-    from .pipeline import run
-
+        return run(resume=out_dir, quiet=not verbose).metrics
     return run(config, out_dir, overrides=overrides, quiet=not verbose).metrics
 
 
