@@ -187,8 +187,9 @@ def fit(distiller: Distiller, train: Images, *, epochs: int, batch_size: int, lr
         totals: dict[str, torch.Tensor] = {}
         bar = tqdm(total=steps, desc=f"{desc} {epoch}/{epochs}", disable=not show, leave=False,
                    unit="step", dynamic_ncols=True)
-        for step, index in enumerate(batch_indices(len(train), batch_size, generator), start=1):
-            index = (index.tensor_split(world)[rank] if world > 1 else index).to(device)
+        for step, index in enumerate(batch_indices(len(train), batch_size, generator,
+                                                   device=device), start=1):
+            index = index.tensor_split(world)[rank] if world > 1 else index
             if translate or rotate or scale:
                 x = normalize(augment(train.images[index], generator, translate, rotate, scale),
                               train.mean, train.std)

@@ -126,7 +126,9 @@ def normalize(images: torch.Tensor, mean: float, std: float,
 
 
 def batch_indices(n: int, batch_size: int, generator: torch.Generator | None = None,
-                  shuffle: bool = True) -> Iterator[torch.Tensor]:
-    """Index batches over ``n`` examples: a seeded permutation, last batch kept (like DataLoader)."""
+                  shuffle: bool = True, device: torch.device | str = "cpu") -> Iterator[torch.Tensor]:
+    """Index batches over ``n`` examples: a seeded permutation, last batch kept (like DataLoader).
+    The permutation is drawn on the CPU and moved to ``device`` once, not once per batch (a
+    per-batch host-to-GPU copy would wait for the GPU every step)."""
     order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
-    yield from order.split(batch_size)
+    yield from order.to(device).split(batch_size)
