@@ -32,7 +32,10 @@ def _comparable(run_dir: Path) -> dict:
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("resume") / "reference"
-    assert main(["run", "--out", str(out), *ARGS]) == 0
+    # its own teacher cache: the runs under test must train their teacher, not load this one
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("KDISTILL_CACHE", str(out.parent / "reference-cache"))
+        assert main(["run", "--out", str(out), *ARGS]) == 0
     return out
 
 

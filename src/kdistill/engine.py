@@ -166,7 +166,7 @@ def fit(distiller: Distiller, train: Images, *, epochs: int, batch_size: int, lr
     generator = torch.Generator().manual_seed(seed)
     opt = make_optimizer(optimizer, distiller.get_learnable_parameters(), lr, weight_decay)
     world, rank = distributed.world_size(), distributed.rank()
-    device = train.device
+    device = train.labels.device  # data may be any object with Images' interface
     runner = distiller.student
     if world > 1:
         runner = DistributedDataParallel(runner)
