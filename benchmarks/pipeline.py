@@ -40,7 +40,8 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        result = kdistill.run("seed", out=Path(tmp) / "run", quiet=True,
+        # retrain_teacher: a teacher cached by an earlier run would make this a different race
+        result = kdistill.run("seed", out=Path(tmp) / "run", quiet=True, retrain_teacher=True,
                               overrides=[f"teacher.epochs={args.epochs}", f"student.epochs={args.epochs}"])
         ours_total = time.perf_counter() - start
     models = result.metrics["models"]
