@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import json
 import os
 import platform
@@ -485,16 +486,18 @@ class _Experiment:
             features.remove()
         return history
 
+    @functools.cached_property
+    def _data_sha256(self) -> str:
+        d = self.dataset
+        return data_fingerprint(d.train_images, d.train_labels, d.test_images, d.test_labels)
+
     def _teacher_recipe(self, seed: int) -> dict:
         """Everything that determines a trained teacher (its cache key is a hash of this)."""
         cfg = self.cfg
-        if not hasattr(self, "_fingerprint"):
-            self._fingerprint = data_fingerprint(self.dataset.train_images, self.dataset.train_labels,
-                                                 self.dataset.test_images, self.dataset.test_labels)
         return {"teacher": cfg.teacher.model_dump(mode="json", exclude={"weights", "ensemble",
                                                                         "features"}),
                 "data": cfg.data.model_dump(mode="json", exclude={"root"}),
-                "data_sha256": self._fingerprint, "seed": seed, "precision": cfg.precision,
+                "data_sha256": self._data_sha256, "seed": seed, "precision": cfg.precision,
                 "compile": cfg.compile, "device": self.train.device.type,
                 "processes": distributed.world_size()}
 

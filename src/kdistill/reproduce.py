@@ -17,7 +17,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import platform
 import time
 from dataclasses import asdict, dataclass
 from datetime import datetime
@@ -34,6 +33,7 @@ from .engine import Distiller, Images, fit, predict_logits
 from .errors import KdistillError
 from .files import atomic_write_bytes, atomic_write_json, atomic_write_text
 from .models import create_model
+from .pipeline import environment
 from .plots import png_bytes, temperature_figure
 
 Progress = Callable[[str], None] | None
@@ -503,8 +503,7 @@ def reproduce(experiment: str, out: str | Path | None = None, *, quick: bool = F
         "command": command or f"kdistill reproduce {experiment}", "seeds": list(range(seeds)),
         "recipe": _settings(recipe), "train_size": len(splits[0]), "val_size": len(splits[1]),
         "test_size": len(test_labels),
-        "env": {"device": describe(dev), "torch": torch.__version__,
-                "threads": torch.get_num_threads(), "python": platform.python_version()},
+        "env": environment(dev),
     }
     rows = summarise(per_seed, recipe, int((test_labels == 3).sum()))
     results.update(rows=rows, offsets={

@@ -22,7 +22,7 @@ from safetensors.torch import save as st_save
 from torch import nn
 
 from . import __version__
-from .checkpoint import load_weights, read_weights, save_weights
+from .checkpoint import METADATA_KEY, load_weights, read_weights, save_weights
 from .errors import KdistillError
 from .files import atomic_write_bytes
 
@@ -65,6 +65,7 @@ class TeacherCache:
 
     def store(self, key: str, model: nn.Module, metrics: dict, meta: dict) -> None:
         """Save a trained teacher under ``key`` (replacing any entry there)."""
+        tmp = None
         try:
             self.root.mkdir(parents=True, exist_ok=True)
             tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=self.root))
@@ -74,8 +75,9 @@ class TeacherCache:
             if old.exists():
                 shutil.rmtree(old, ignore_errors=True)
             os.replace(tmp, old)
-        except OSError:
-            pass  # a cache that cannot be written costs time later, never a run
+        except OSError:  # a cache that cannot be written costs time later, never a run
+            if tmp is not None:
+                shutil.rmtree(tmp, ignore_errors=True)
 
     def load_logits(self, key: str, name: str) -> torch.Tensor | None:
         """Logits stored with the teacher ``key`` under ``name`` (None when absent or foreign)."""
@@ -87,7 +89,7 @@ class TeacherCache:
 
     def store_logits(self, key: str, name: str, logits: torch.Tensor) -> None:
         data = st_save({"logits": logits.detach().cpu().contiguous()},
-                       metadata={"kdistill": json.dumps({"name": name})})
+                       metadata={METADATA_KEY: json.dumps({"name": name})})
         try:
             atomic_write_bytes(self.root / key / f"{name}.safetensors", data)
         except OSError:
