@@ -12,6 +12,7 @@ from typing import Any, Literal, Sequence
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from .data.augment import Augment
 from .errors import ConfigError
 
 
@@ -31,6 +32,8 @@ class DataConfig(_Strict):
                                                         "to N degrees")
     scale: float = Field(0.0, ge=0, lt=1, description="augmentation: random zoom by a factor in "
                                                       "[1 - scale, 1 + scale]")
+    elastic: float = Field(0.0, ge=0, le=100, description="augmentation: elastic distortion of "
+                           "strength alpha (Simard et al. 2003 used 34), smoothed over 4 px")
     val_size: int = Field(0, ge=0, description="images held out of the end of the training set "
                                                "for validation (never trained on)")
 
@@ -38,7 +41,11 @@ class DataConfig(_Strict):
     @property
     def augmented(self) -> bool:
         """Whether training inputs change from epoch to epoch (so teacher logits are not fixed)."""
-        return bool(self.translate or self.rotate or self.scale)
+        return bool(self.augment())
+
+    def augment(self) -> Augment:
+        """The training augmentations these settings ask for."""
+        return Augment(self.translate, self.rotate, self.scale, self.elastic)
 
 
 class TrainConfig(_Strict):

@@ -22,7 +22,7 @@ from tqdm import tqdm
 from . import distributed
 from .device import autocast
 from .checkpoint import load_train_state, save_train_state
-from .data.augment import augment
+from .data.augment import Augment
 from .data.datasets import batch_indices, normalize
 from .errors import KdistillError
 from .losses import bind_loss
@@ -65,7 +65,8 @@ class Distiller(nn.Module):
 
     With no teacher it is plain cross-entropy training, so one loop serves the teacher, the
     distilled student and the from-scratch control. ``teacher`` may be a module (run in eval mode
-    under no_grad each step) or a tensor of precomputed logits indexed like the training set.
+    under no_grad each step) or a tensor of precomputed logits: [N, C] indexed like the training
+    set, or [V, N, C] holding every view V of each image that a shift augmentation can produce.
     """
 
     def __init__(self, student: nn.Module, teacher: nn.Module | torch.Tensor | None = None,
@@ -98,13 +99,15 @@ class Distiller(nn.Module):
             return self.student
         return nn.ModuleDict({"student": self.student, "features": self.features})
 
-    def forward_train(self, x: torch.Tensor, y: torch.Tensor,
-                      index: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def forward_train(self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor,
+                      view: torch.Tensor | None = None
+                      ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         logits = self.student_runner(x)
         if self.objective is None:
             return logits, {"ce": F.cross_entropy(logits, y)}
         if self.teacher_logits is not None:
-            teacher_logits = self.teacher_logits[index]
+            table = self.teacher_logits
+            teacher_logits = table[index] if view is None else table[view, index]
         else:
             with torch.no_grad():
                 teacher_logits = self.teacher(x)
@@ -140,18 +143,16 @@ class NonFiniteLoss(KdistillError):
 
 def fit(distiller: Distiller, train: Images, *, epochs: int, batch_size: int, lr: float,
         seed: int, optimizer: str = "adam", weight_decay: float = 0.0, schedule: str = "constant",
-        translate: int = 0, rotate: float = 0.0, scale: float = 0.0,
-        evaluate_on: Images | None = None, on_epoch_end: Callable[[dict], None] | None = None,
+        augment: Augment = Augment(), evaluate_on: Images | None = None,
+        on_epoch_end: Callable[[dict], None] | None = None,
         progress: bool | None = None, desc: str = "train", checkpoint: Path | None = None,
         checkpoint_every: int = 1, precision: str = "fp32", compile: bool = False) -> list[dict]:
     """Train ``distiller.student`` in place; return one record per epoch.
 
     Each record holds ``epoch``, ``train_loss`` (mean over steps), the mean of each loss term,
     ``seconds`` (training time of the epoch) and, when ``evaluate_on`` is given, ``test_accuracy``
-    and ``test_loss`` measured after the epoch. Shuffling, augmentation (``translate``: random
-    shifts of up to that many pixels; ``rotate``: degrees; ``scale``: zoom range; all drawn per
-    image) and dropout are seeded by ``seed``; a teacher module sees the same augmented batch as
-    the student.
+    and ``test_loss`` measured after the epoch. Shuffling, ``augment`` (drawn per image) and
+    dropout are seeded by ``seed``; a teacher module sees the same augmented batch as the student.
 
     With ``checkpoint``, the full training state is saved there (atomically) every
     ``checkpoint_every`` epochs and at the end; if the file exists, training continues from it
@@ -162,6 +163,10 @@ def fit(distiller: Distiller, train: Images, *, epochs: int, batch_size: int, lr
     the gradients, so a step sees the same global batch as one process would. Rank 0 saves the
     checkpoints.
     """
+    table = distiller.teacher_logits
+    if table is not None and table.shape[:-2] != ((augment.views,) if augment.views else ()):
+        raise ValueError(f"teacher logits of shape {tuple(table.shape)} do not match the "
+                         f"augmentation {augment} (per-view logits need shifts alone)")
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     opt = make_optimizer(optimizer, distiller.get_learnable_parameters(), lr, weight_decay)
@@ -190,14 +195,15 @@ def fit(distiller: Distiller, train: Images, *, epochs: int, batch_size: int, lr
         for step, index in enumerate(batch_indices(len(train), batch_size, generator,
                                                    device=device), start=1):
             index = index.tensor_split(world)[rank] if world > 1 else index
-            if translate or rotate or scale:
-                x = normalize(augment(train.images[index], generator, translate, rotate, scale),
-                              train.mean, train.std)
+            view = None
+            if augment:
+                pixels, view = augment(train.images[index], generator)
+                x = normalize(pixels, train.mean, train.std)
             else:
                 x = train.inputs(index)
             y = train.labels[index]
             with autocast(device, precision):
-                _, terms = distiller.forward_train(x, y, index)
+                _, terms = distiller.forward_train(x, y, index, view)
                 loss = sum(terms.values())
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
@@ -236,25 +242,39 @@ def fit(distiller: Distiller, train: Images, *, epochs: int, batch_size: int, lr
 
 
 @torch.inference_mode()
-def predict_logits(model: nn.Module, data: Images, batch_size: int = 256) -> torch.Tensor:
-    """Logits of ``model`` in eval mode for every example of ``data``, in order."""
+def predict_logits(model: nn.Module, data: Images, batch_size: int = 256,
+                   precision: str = "fp32") -> torch.Tensor:
+    """Logits (float32) of ``model`` in eval mode for every example of ``data``, in order;
+    ``precision`` as in :func:`fit` (the teacher's forward pass there)."""
     was_training = model.training
     model.eval()
-    out = torch.cat([model(data.inputs(slice(i, i + batch_size)))
-                     for i in range(0, len(data), batch_size)])
+    with autocast(data.device, precision):
+        out = torch.cat([model(data.inputs(slice(i, i + batch_size))).float()
+                         for i in range(0, len(data), batch_size)])
     model.train(was_training)
     return out
 
 
-def predict_logits_shared(model: nn.Module, data: Images, batch_size: int = 256) -> torch.Tensor:
+def predict_logits_shared(model: nn.Module, data: Images, batch_size: int = 256,
+                          precision: str = "fp32") -> torch.Tensor:
     """:func:`predict_logits` for all of ``data``, each rank computing its share (torchrun)."""
     if distributed.world_size() == 1:
-        return predict_logits(model, data, batch_size)
+        return predict_logits(model, data, batch_size, precision)
     part = data.rank_slice()
-    mine = predict_logits(model, data.subset(part), batch_size)
+    mine = predict_logits(model, data.subset(part), batch_size, precision)
     full = torch.zeros(len(data), *mine.shape[1:], dtype=mine.dtype, device=mine.device)
     full[part] = mine
     return distributed.all_reduce_sum(full)  # the other shares are zeros: the sum is exact
+
+
+def predict_views(model: nn.Module, data: Images, augment: Augment, batch_size: int = 256,
+                  precision: str = "fp32") -> torch.Tensor:
+    """Logits [V, N, C] on each of the ``augment.views`` shifted views of every example (the
+    table :class:`Distiller` looks up per view), each rank computing its share (torchrun)."""
+    return torch.stack([
+        predict_logits_shared(model, Images(augment.view(data.images, v), data.labels, data.mean,
+                                            data.std), batch_size, precision)
+        for v in range(augment.views or 0)])
 
 
 def evaluate(model: nn.Module, data: Images, batch_size: int = 256,

@@ -27,7 +27,7 @@ from .checkpoint import load_weights, save_weights
 from .config import RunConfig, from_dict, load_config, to_yaml
 from .data import Dataset, load_dataset
 from .device import describe, resolve_device
-from .engine import Distiller, Images, evaluate, fit, predict_logits_shared
+from .engine import Distiller, Images, evaluate, fit, predict_logits_shared, predict_views
 from .export import check_parity, export_onnx, ort_session
 from .errors import ConfigError, KdistillError, RunInterrupted
 from .files import atomic_write_json, atomic_write_text
@@ -35,6 +35,9 @@ from .losses import FeatureDistillation, feature_kind, is_feature_loss
 from .models import Ensemble, create_model
 from .report import write_report
 from .teacher_cache import TeacherCache, data_fingerprint, teacher_key
+
+# the largest table of per-view teacher logits kept in memory (60k images x 25 views: 60 MB)
+MAX_TEACHER_TABLE_BYTES = 2 << 30
 
 
 @dataclass
@@ -431,24 +434,7 @@ class _Experiment:
     def _train_all(self) -> None:
         cfg = self.cfg
         self.train_model("teacher", cfg.teacher, trained=bool(cfg.teacher.weights))
-        # The teacher is frozen: on fixed inputs its logits are computed once (each process
-        # computing its share under torchrun). Augmentation and feature objectives run it live.
-        teacher_logits = None
-        if not (cfg.data.augmented or is_feature_loss(cfg.distill.loss)):
-            t = time.perf_counter()
-            name = "train_logits-" + teacher_key({"members": self.teacher_keys,
-                                                  "T": cfg.distill.temperature})
-            key = self.teacher_keys[0] if self.teacher_keys else None
-            teacher_logits = self.cache.load_logits(key, name) if key else None
-            if teacher_logits is not None and len(teacher_logits) == len(self.train):
-                teacher_logits = teacher_logits.to(self.train.device)
-                self.log.say("teacher  logits on the training set from the cache")
-            else:
-                teacher_logits = predict_logits_shared(self.models["teacher"], self.train,
-                                                       cfg.eval_batch_size)
-                if key and self.main:
-                    self.cache.store_logits(key, name, teacher_logits)
-            self.phase("teacher_logits", t)
+        teacher_logits = self._teacher_logits()
         self.train_model("student", cfg.student,
                          self.models["teacher"] if teacher_logits is None else teacher_logits)
         gain = None
@@ -457,6 +443,43 @@ class _Experiment:
             done = self.metrics["models"]
             gain = done["student"]["test_accuracy"] - done["control"]["test_accuracy"]
         self.metrics["distill"] = {**cfg.distill.model_dump(), "gain_over_control": gain}
+
+    def _teacher_logits(self) -> torch.Tensor | None:
+        """The frozen teacher's logits on every input the student can see, when those are few:
+        the training set itself without augmentation ([N, C]), or each of its (2p+1)^2 shifted
+        views under shifts alone ([V, N, C]) when that costs no more teacher passes than running
+        the teacher live every epoch. Exactly what a live teacher would output (up to float
+        rounding); cached beside the teacher. None: feature objectives and continuous
+        augmentations run the teacher live. Under torchrun each process computes its share."""
+        cfg = self.cfg
+        augment = cfg.data.augment()
+        views = augment.views
+        if is_feature_loss(cfg.distill.loss) or (augment and not views):
+            return None
+        table_bytes = (views or 1) * len(self.train) * self.dataset.num_classes * 4
+        if views and (views > cfg.student.epochs or table_bytes > MAX_TEACHER_TABLE_BYTES):
+            return None
+        t = time.perf_counter()
+        recipe = {"members": self.teacher_keys, "T": cfg.distill.temperature}
+        name = "train_logits-" + teacher_key({**recipe, "translate": augment.translate}
+                                             if views else recipe)
+        key = self.teacher_keys[0] if self.teacher_keys else None
+        logits = self.cache.load_logits(key, name) if key else None
+        shape = (views, len(self.train)) if views else (len(self.train),)
+        if logits is not None and logits.shape[:-1] == shape:
+            self.log.say("teacher  logits on the training set from the cache")
+            logits = logits.to(self.train.device)
+        else:
+            if views:
+                self.log.say(f"teacher  logits on all {views} shifted views of the training set")
+            predict = (functools.partial(predict_views, augment=augment) if views
+                       else predict_logits_shared)
+            logits = predict(self.models["teacher"], self.train,
+                             batch_size=cfg.eval_batch_size, precision=cfg.precision)
+            if key and self.main:
+                self.cache.store_logits(key, name, logits)
+        self.phase("teacher_logits", t)
+        return logits
 
     def _fit(self, name: str, model: nn.Module, spec, teacher: torch.Tensor | nn.Module | None,
              seed: int) -> list[dict]:
@@ -475,7 +498,7 @@ class _Experiment:
         history = fit(distiller, self.train, epochs=spec.epochs, batch_size=spec.batch_size,
                       lr=spec.lr, seed=seed, optimizer=spec.optimizer,
                       weight_decay=spec.weight_decay, schedule=spec.schedule,
-                      translate=cfg.data.translate, rotate=cfg.data.rotate, scale=cfg.data.scale,
+                      augment=cfg.data.augment(),
                       evaluate_on=self.test, on_epoch_end=self.log.epoch(name, spec.epochs),
                       progress=self.show, desc=name,
                       checkpoint=self.out_dir / "checkpoints" / f"{name}.safetensors",

@@ -28,8 +28,9 @@ import torch
 
 from .checkpoint import load_weights, save_weights
 from .data import load_dataset
+from .data.augment import Augment
 from .device import describe, resolve_device
-from .engine import Distiller, Images, fit, predict_logits
+from .engine import Distiller, Images, fit, predict_logits, predict_views
 from .errors import KdistillError
 from .files import atomic_write_bytes, atomic_write_json, atomic_write_text
 from .models import create_model
@@ -178,7 +179,7 @@ class _Seed:
         distiller = (Distiller(model) if teacher is None else
                      Distiller(model, teacher, "hinton", temperature=temperature, alpha=r.alpha))
         fit(distiller, train, epochs=epochs, batch_size=r.batch_size, lr=r.lr, seed=self.seed,
-            optimizer="adam", schedule="cosine", translate=translate, progress=self.show,
+            optimizer="adam", schedule="cosine", augment=Augment(translate), progress=self.show,
             desc=f"seed {self.seed} {desc}")
 
     def measure(self, key: str, label: str, train_and_measure: Callable[[], dict]) -> dict:
@@ -219,15 +220,19 @@ class _Seed:
     def run(self) -> dict:
         r, train, test = self.recipe, self.train, self.test
         teacher = self.teacher()
-        # Fixed inputs give fixed soft targets: computed once. Jittered inputs need the
-        # teacher live, on each batch as the student sees it.
+        # Fixed inputs give fixed soft targets: computed once. Jittered inputs take the teacher
+        # live, or a table of its logits on every shifted view when that costs fewer passes.
         soft = predict_logits(teacher, train)
+        jitter, jittered = Augment(r.student_translate), teacher
+        if (jitter.views and jitter.views <= r.student_epochs
+                and "distilled-jitter" not in self.done):
+            jittered = predict_views(teacher, train, jitter)
 
         def student(name: str, temperature: float | None, epochs: int,
                     translate: int = 0) -> Callable[[], dict]:
             def go() -> dict:
                 model = self._model(name)
-                source = None if temperature is None else teacher if translate else soft
+                source = None if temperature is None else jittered if translate else soft
                 self._fit(model, train, source, temperature, epochs, translate, name)
                 return {"errors": errors(predict_logits(model, test), test.labels)}
             return go

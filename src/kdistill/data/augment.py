@@ -2,9 +2,29 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+ELASTIC_SIGMA = 4.0  # px: the smoothing of Simard et al.'s (2003) elastic displacement fields
+
+
+def random_shifts(n: int, pixels: int, generator: torch.Generator,
+                  device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-image offsets (dy, dx), each [n, 1] in [0, 2 * pixels] (``pixels`` means no shift)."""
+    # drawn from the (CPU) generator whatever the device, so runs reproduce everywhere
+    dy, dx = torch.randint(0, 2 * pixels + 1, (2, n, 1), generator=generator).to(device)
+    return dy, dx
+
+
+def shift(images: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, pixels: int) -> torch.Tensor:
+    """Shift each image of [B, H, W] by its offsets from :func:`random_shifts` (zero fill)."""
+    b, h, w = images.shape
+    padded = F.pad(images, (pixels, pixels, pixels, pixels))
+    rows = (dy + torch.arange(h, device=images.device)).unsqueeze(2)  # [B, H, 1]
+    cols = (dx + torch.arange(w, device=images.device)).unsqueeze(1)  # [B, 1, W]
+    return padded[torch.arange(b, device=images.device).view(b, 1, 1), rows, cols]
 
 
 def random_translate(images: torch.Tensor, pixels: int, generator: torch.Generator) -> torch.Tensor:
@@ -12,34 +32,79 @@ def random_translate(images: torch.Tensor, pixels: int, generator: torch.Generat
     along both axes, filling with zeros (Hinton et al.'s jitter of up to 2 pixels)."""
     if pixels == 0:
         return images
-    b, h, w = images.shape
-    padded = torch.nn.functional.pad(images, (pixels, pixels, pixels, pixels))
-    # offsets come from the (CPU) generator whatever the device, so runs reproduce everywhere
-    dy, dx = torch.randint(0, 2 * pixels + 1, (2, b, 1), generator=generator).to(images.device)
-    rows = (dy + torch.arange(h, device=images.device)).unsqueeze(2)  # [B, H, 1]
-    cols = (dx + torch.arange(w, device=images.device)).unsqueeze(1)  # [B, 1, W]
-    return padded[torch.arange(b, device=images.device).view(b, 1, 1), rows, cols]
+    return shift(images, *random_shifts(len(images), pixels, generator, images.device), pixels)
 
 
-def random_affine(images: torch.Tensor, degrees: float, scale: float,
-                  generator: torch.Generator) -> torch.Tensor:
+def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Blur each channel of [B, C, H, W] with a separable Gaussian of ``sigma`` px (zero padded)."""
+    radius = math.ceil(3 * sigma)
+    taps = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
+    kernel = torch.exp(-taps**2 / (2 * sigma**2))
+    kernel = kernel / kernel.sum()
+    b, c, h, w = x.shape
+    x = x.reshape(b * c, 1, h, w)
+    x = F.conv2d(x, kernel.view(1, 1, 1, -1), padding=(0, radius))
+    x = F.conv2d(x, kernel.view(1, 1, -1, 1), padding=(radius, 0))
+    return x.reshape(b, c, h, w)
+
+
+def random_warp(images: torch.Tensor, degrees: float, scale: float, generator: torch.Generator,
+                elastic: float = 0.0) -> torch.Tensor:
     """Rotate each image of a batch [B, H, W] about its centre by its own random angle in
-    [-degrees, degrees] and zoom it by a factor in [1 - scale, 1 + scale] (bilinear, zero fill).
-    Returns float pixels on the input's 0-255 scale."""
+    [-degrees, degrees], zoom it by a factor in [1 - scale, 1 + scale] and, with ``elastic`` = α,
+    displace its pixels by a random field smoothed by a Gaussian of σ = 4 px and scaled by α
+    (Simard et al., 2003, used α = 34). One bilinear resampling, zero fill; returns float pixels
+    on the input's 0-255 scale."""
     b, h, w = images.shape
     u = torch.rand(2, b, generator=generator, dtype=torch.float64).float().to(images.device) * 2 - 1
     angle, zoom = u[0] * math.radians(degrees), 1 + u[1] * scale
     cos, sin, zero = torch.cos(angle) / zoom, torch.sin(angle) / zoom, torch.zeros_like(angle)
     theta = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)
     grid = F.affine_grid(theta, [b, 1, h, w], align_corners=False)
+    if elastic:
+        field = torch.rand(b, 2, h, w, generator=generator).to(images.device) * 2 - 1
+        field = gaussian_blur(field, ELASTIC_SIGMA) * elastic  # pixels, (dx, dy)
+        to_grid = torch.tensor([2 / w, 2 / h], device=images.device)  # grid units span 2 / side
+        grid = grid + field.permute(0, 2, 3, 1) * to_grid
     return F.grid_sample(images.unsqueeze(1).float(), grid, align_corners=False).squeeze(1)
 
 
-def augment(images: torch.Tensor, generator: torch.Generator, translate: int = 0,
-            rotate: float = 0.0, scale: float = 0.0) -> torch.Tensor:
-    """The training augmentations in order: integer shifts, then rotation and zoom."""
-    if translate:
-        images = random_translate(images, translate, generator)
-    if rotate or scale:
-        images = random_affine(images, rotate, scale, generator)
-    return images
+@dataclass(frozen=True)
+class Augment:
+    """The training augmentations, drawn per image from a seeded generator: integer shifts of up
+    to ``translate`` px, then one resampling for rotation (``rotate`` degrees), zoom (``scale``)
+    and elastic distortion (``elastic`` = α). All zero: no augmentation (falsy)."""
+
+    translate: int = 0
+    rotate: float = 0.0
+    scale: float = 0.0
+    elastic: float = 0.0
+
+    def __bool__(self) -> bool:
+        return bool(self.translate or self.rotate or self.scale or self.elastic)
+
+    @property
+    def views(self) -> int | None:
+        """How many distinct images one image can become: (2 * translate + 1)^2 for shifts alone,
+        None when the augmentation is continuous (rotation, zoom, elastic) or absent."""
+        if self.rotate or self.scale or self.elastic or not self.translate:
+            return None
+        return (2 * self.translate + 1) ** 2
+
+    def view(self, images: torch.Tensor, view: int) -> torch.Tensor:
+        """Every image of [N, H, W] as shifted view number ``view`` (0 <= view < ``views``)."""
+        side = 2 * self.translate + 1
+        offset = torch.full((len(images), 1), view, device=images.device)
+        return shift(images, offset // side, offset % side, self.translate)
+
+    def __call__(self, images: torch.Tensor, generator: torch.Generator
+                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The augmented batch and, for shifts alone, each image's view number (else None)."""
+        if self.views:
+            dy, dx = random_shifts(len(images), self.translate, generator, images.device)
+            return shift(images, dy, dx, self.translate), (dy * (2 * self.translate + 1) + dx).view(-1)
+        if self.translate:
+            images = random_translate(images, self.translate, generator)
+        if self.rotate or self.scale or self.elastic:
+            images = random_warp(images, self.rotate, self.scale, generator, self.elastic)
+        return images, None
