@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from kdistill.data.augment import Augment, gaussian_blur, random_translate, random_warp
+from kdistill.data.augment import Augment, gaussian_blur, random_erase, random_translate, random_warp
 from kdistill.engine import Distiller, Images, fit, predict_logits
 from kdistill.models import ConvNet, count_params, create_model
 
@@ -76,6 +76,20 @@ def test_elastic_moves_pixels_smoothly_by_a_few_pixels():
     spread = ((w * ((ys - (w * ys).sum((1, 2), keepdim=True)) ** 2 +
                     (xs - (w * xs).sum((1, 2), keepdim=True)) ** 2)).sum((1, 2))).sqrt()
     assert spread.max() < 4
+
+
+def test_erase_zeroes_one_clipped_square_per_image():
+    images = torch.full((400, 28, 28), 9, dtype=torch.uint8)
+    out = random_erase(images, 10, torch.Generator().manual_seed(0))
+    zeroed = (out == 0)
+    assert set(out.unique().tolist()) == {0, 9}
+    counts = zeroed.sum((1, 2))
+    assert counts.max() == 100 and counts.min() >= 25  # whole square, or clipped to >= 5 x 5
+    rows, cols = zeroed.any(2), zeroed.any(1)  # the zeros form one axis-aligned rectangle
+    assert torch.equal(counts, rows.sum(1) * cols.sum(1))
+    assert rows[:, 0].any() and rows[:, 27].any() and (counts == 100).float().mean() > 0.3
+    assert torch.equal(out, random_erase(images, 10, torch.Generator().manual_seed(0)))
+    assert Augment(erase=8) and Augment(translate=1, erase=8).views is None
 
 
 def test_shift_views_enumerate_every_jittered_image():

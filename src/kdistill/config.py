@@ -34,6 +34,8 @@ class DataConfig(_Strict):
                                                       "[1 - scale, 1 + scale]")
     elastic: float = Field(0.0, ge=0, le=100, description="augmentation: elastic distortion of "
                            "strength alpha (Simard et al. 2003 used 34), smoothed over 4 px")
+    erase: int = Field(0, ge=0, le=28, description="augmentation: zero an N x N square at a random "
+                       "place in each image (cutout)")
     val_size: int = Field(0, ge=0, description="images held out of the end of the training set "
                                                "for validation (never trained on)")
 
@@ -45,7 +47,7 @@ class DataConfig(_Strict):
 
     def augment(self) -> Augment:
         """The training augmentations these settings ask for."""
-        return Augment(self.translate, self.rotate, self.scale, self.elastic)
+        return Augment(self.translate, self.rotate, self.scale, self.elastic, self.erase)
 
 
 class TrainConfig(_Strict):

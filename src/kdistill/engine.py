@@ -6,7 +6,9 @@ once and looked up by index, which is exactly equivalent to re-running the teach
 """
 from __future__ import annotations
 
+import functools
 import math
+import operator
 import sys
 import time
 from dataclasses import dataclass
@@ -188,8 +190,9 @@ def fit(distiller: Distiller, train: Images, *, epochs: int, batch_size: int, lr
     for epoch in range(done + 1, epochs + 1):
         distiller.train()
         start = time.perf_counter()
+        # per-step values stay tensors (no kernel, no sync) until the epoch ends
         losses: list[torch.Tensor] = []
-        totals: dict[str, torch.Tensor] = {}
+        term_log: dict[str, list[torch.Tensor]] = {}
         bar = tqdm(total=steps, desc=f"{desc} {epoch}/{epochs}", disable=not show, leave=False,
                    unit="step", dynamic_ncols=True)
         for step, index in enumerate(batch_indices(len(train), batch_size, generator,
@@ -204,27 +207,28 @@ def fit(distiller: Distiller, train: Images, *, epochs: int, batch_size: int, lr
             y = train.labels[index]
             with autocast(device, precision):
                 _, terms = distiller.forward_train(x, y, index, view)
-                loss = sum(terms.values())
+                loss = functools.reduce(operator.add, terms.values())
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(opt)
             scaler.update()
-            scheduler.step()
-            losses.append(loss.detach().float())
+            if schedule != "constant":
+                scheduler.step()
+            losses.append(loss.detach())
             for name, term in terms.items():
-                totals[name] = totals.get(name, 0.0) + term.detach().float()
+                term_log.setdefault(name, []).append(term.detach())
             if show and (step % 100 == 0 or step == steps):
-                bar.set_postfix(loss=f"{torch.stack(losses).mean().item():.4f}",
+                bar.set_postfix(loss=f"{torch.stack(losses).float().mean().item():.4f}",
                                 refresh=step == steps)
             bar.update(1)
         bar.close()
-        step_losses = torch.stack(losses)
+        step_losses = torch.stack(losses).float()
         bad = (~torch.isfinite(step_losses)).nonzero()
         if len(bad):
             step = int(bad[0]) + 1
             raise NonFiniteLoss(f"{desc}: loss became {step_losses[step - 1].item()} at epoch "
                                 f"{epoch}, step {step}", "lower the learning rate or check the data")
-        totals = {k: v.item() for k, v in totals.items()}
+        totals = {k: torch.stack(v).float().sum().item() for k, v in term_log.items()}
         loss_sum = step_losses.sum().item()
         record = {"epoch": epoch, "train_loss": loss_sum / steps,
                   **{f"loss_{k}": v / steps for k, v in totals.items()},

@@ -69,25 +69,40 @@ def random_warp(images: torch.Tensor, degrees: float, scale: float, generator: t
     return F.grid_sample(images.unsqueeze(1).float(), grid, align_corners=False).squeeze(1)
 
 
+def random_erase(images: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
+    """Zero a ``size`` x ``size`` square at a uniformly random centre in each image of [B, H, W]
+    (cutout, DeVries & Taylor 2017: a square near the border is clipped by it)."""
+    b, h, w = images.shape
+    centre = torch.rand(2, b, 1, 1, generator=generator, dtype=torch.float64).to(images.device)
+    top = (centre[0] * h).long() - size // 2
+    left = (centre[1] * w).long() - size // 2
+    rows = torch.arange(h, device=images.device).view(1, h, 1) - top
+    cols = torch.arange(w, device=images.device).view(1, 1, w) - left
+    inside = (rows >= 0) & (rows < size) & (cols >= 0) & (cols < size)
+    return images.masked_fill(inside, 0)
+
+
 @dataclass(frozen=True)
 class Augment:
     """The training augmentations, drawn per image from a seeded generator: integer shifts of up
     to ``translate`` px, then one resampling for rotation (``rotate`` degrees), zoom (``scale``)
-    and elastic distortion (``elastic`` = α). All zero: no augmentation (falsy)."""
+    and elastic distortion (``elastic`` = α), then a zeroed ``erase`` x ``erase`` square.
+    All zero: no augmentation (falsy)."""
 
     translate: int = 0
     rotate: float = 0.0
     scale: float = 0.0
     elastic: float = 0.0
+    erase: int = 0
 
     def __bool__(self) -> bool:
-        return bool(self.translate or self.rotate or self.scale or self.elastic)
+        return bool(self.translate or self.rotate or self.scale or self.elastic or self.erase)
 
     @property
     def views(self) -> int | None:
         """How many distinct images one image can become: (2 * translate + 1)^2 for shifts alone,
-        None when the augmentation is continuous (rotation, zoom, elastic) or absent."""
-        if self.rotate or self.scale or self.elastic or not self.translate:
+        None when the augmentation is continuous (rotation, zoom, elastic, erasing) or absent."""
+        if self.rotate or self.scale or self.elastic or self.erase or not self.translate:
             return None
         return (2 * self.translate + 1) ** 2
 
@@ -107,4 +122,6 @@ class Augment:
             images = random_translate(images, self.translate, generator)
         if self.rotate or self.scale or self.elastic:
             images = random_warp(images, self.rotate, self.scale, generator, self.elastic)
+        if self.erase:
+            images = random_erase(images, self.erase, generator)
         return images, None
