@@ -2,7 +2,7 @@
 the end-to-end time, then in bf16) and the `best` preset, each a cold `kdistill run` process on
 the GPU that `device=cuda` finds.
 
-    python benchmarks/gpu.py OUT_DIR        # writes OUT_DIR/<name>.json, prints a summary line each
+    python benchmarks/gpu.py OUT_DIR [NAME ...]   # writes OUT_DIR/<name>.json, prints a line each
 """
 from __future__ import annotations
 
@@ -25,7 +25,8 @@ def main() -> None:
     out = Path(sys.argv[1])
     out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="kdistill-gpu-"))
-    for name, args in RUNS.items():
+    for name in sys.argv[2:] or RUNS:
+        args = RUNS[name]
         start = time.perf_counter()
         subprocess.run([sys.executable, "-m", "kdistill", "run", "--device", "cuda", "--quiet",
                         "--out", str(work / name), *args], check=True)

@@ -32,6 +32,20 @@ def test_second_run_takes_the_teacher_from_the_cache(idx_dir, tmp_path):
     assert len(list(entry.glob("train_logits-*.safetensors"))) == 1
 
 
+def test_shift_views_are_cached_once_per_teacher_whatever_the_temperature(idx_dir, tmp_path,
+                                                                         capsys):
+    args = [f"data.name={idx_dir}", *QUICK, "data.translate=1", "student.epochs=9",
+            "distill.loss=hinton", "control=false", "bench.enabled=false"]
+    first = run(out=tmp_path / "a", overrides=[*args, "distill.temperature=4"], quiet=True)
+    capsys.readouterr()
+    second = run(out=tmp_path / "b", overrides=[*args, "distill.temperature=2"], progress=False)
+    entry = cache_root() / first.metrics["models"]["teacher"]["cache_key"]
+    tables = list(entry.glob("train_logits-*.safetensors"))
+    assert len(tables) == 1  # the second run (another T, same teacher) read the 9-view table
+    assert second.metrics["models"]["teacher"]["from_cache"] is True
+    assert "teacher  logits on the training set from the cache" in capsys.readouterr().out
+
+
 def test_a_different_recipe_or_retrain_trains_again(idx_dir, tmp_path, capsys):
     args = [f"data.name={idx_dir}", *QUICK]
     key = run(out=tmp_path / "a", overrides=args, quiet=True).metrics["models"]["teacher"]["cache_key"]

@@ -460,9 +460,12 @@ class _Experiment:
         if views and (views > cfg.student.epochs or table_bytes > MAX_TEACHER_TABLE_BYTES):
             return None
         t = time.perf_counter()
-        recipe = {"members": self.teacher_keys, "T": cfg.distill.temperature}
-        name = "train_logits-" + teacher_key({**recipe, "translate": augment.translate}
-                                             if views else recipe)
+        recipe: dict = {"members": self.teacher_keys}
+        if len(self.teacher_keys) > 1:  # an ensemble's logits depend on T (models.Ensemble)
+            recipe["T"] = cfg.distill.temperature
+        if views:
+            recipe["translate"] = augment.translate
+        name = "train_logits-" + teacher_key(recipe)
         key = self.teacher_keys[0] if self.teacher_keys else None
         logits = self.cache.load_logits(key, name) if key else None
         shape = (views, len(self.train)) if views else (len(self.train),)
