@@ -49,3 +49,19 @@ def test_weights_that_do_not_fit_are_refused(tmp_path):
         load_weights(tmp_path / "w.safetensors", create_model("spec-teacher"))
     with pytest.raises(CheckpointError, match="does not exist"):
         load_weights(tmp_path / "nope.safetensors", create_model("spec-teacher"))
+
+
+def test_atomic_writes_get_the_mode_of_an_ordinary_new_file(tmp_path):
+    import os
+    import stat
+
+    from kdistill.files import atomic_write_text
+
+    old = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "report.md", "hello")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "report.md").stat().st_mode) == 0o644  # not mkstemp's 0600
+    assert (tmp_path / "report.md").read_text() == "hello"
+    assert [p.name for p in tmp_path.iterdir()] == ["report.md"]  # no temp file left

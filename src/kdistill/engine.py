@@ -252,7 +252,7 @@ def predict_logits(model: nn.Module, data: Images, batch_size: int = 256,
     ``precision`` as in :func:`fit` (the teacher's forward pass there)."""
     was_training = model.training
     model.eval()
-    with autocast(data.device, precision):
+    with autocast(data.labels.device, precision):  # data: any object with Images' interface
         out = torch.cat([model(data.inputs(slice(i, i + batch_size))).float()
                          for i in range(0, len(data), batch_size)])
     model.train(was_training)
