@@ -39,7 +39,6 @@ class DataConfig(_Strict):
     val_size: int = Field(0, ge=0, description="images held out of the end of the training set "
                                                "for validation (never trained on)")
 
-
     @property
     def augmented(self) -> bool:
         """Whether training inputs change from epoch to epoch (so teacher logits are not fixed)."""

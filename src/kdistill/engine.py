@@ -271,6 +271,12 @@ def predict_logits_shared(model: nn.Module, data: Images, batch_size: int = 256,
     return distributed.all_reduce_sum(full)  # the other shares are zeros: the sum is exact
 
 
+def tabulate_views(augment: Augment, epochs: int) -> bool:
+    """Whether a table of teacher logits per shifted view (:func:`predict_views`) costs no more
+    teacher passes than running the teacher live on each of ``epochs`` epochs."""
+    return bool(augment.views) and augment.views <= epochs
+
+
 def predict_views(model: nn.Module, data: Images, augment: Augment, batch_size: int = 256,
                   precision: str = "fp32") -> torch.Tensor:
     """Logits [V, N, C] on each of the ``augment.views`` shifted views of every example (the

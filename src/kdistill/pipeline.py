@@ -27,7 +27,8 @@ from .checkpoint import load_weights, save_weights
 from .config import RunConfig, from_dict, load_config, to_yaml
 from .data import Dataset, load_dataset
 from .device import describe, resolve_device
-from .engine import Distiller, Images, evaluate, fit, predict_logits_shared, predict_views
+from .engine import (Distiller, Images, evaluate, fit, predict_logits_shared, predict_views,
+                     tabulate_views)
 from .export import check_parity, export_onnx, ort_session
 from .errors import ConfigError, KdistillError, RunInterrupted
 from .files import atomic_write_json, atomic_write_text
@@ -457,7 +458,8 @@ class _Experiment:
         if is_feature_loss(cfg.distill.loss) or (augment and not views):
             return None
         table_bytes = (views or 1) * len(self.train) * self.dataset.num_classes * 4
-        if views and (views > cfg.student.epochs or table_bytes > MAX_TEACHER_TABLE_BYTES):
+        if views and not (tabulate_views(augment, cfg.student.epochs)
+                          and table_bytes <= MAX_TEACHER_TABLE_BYTES):
             return None
         t = time.perf_counter()
         recipe: dict = {"members": self.teacher_keys}

@@ -30,7 +30,7 @@ from .checkpoint import load_weights, save_weights
 from .data import load_dataset
 from .data.augment import Augment
 from .device import describe, resolve_device
-from .engine import Distiller, Images, fit, predict_logits, predict_views
+from .engine import Distiller, Images, fit, predict_logits, predict_views, tabulate_views
 from .errors import KdistillError
 from .files import atomic_write_bytes, atomic_write_json, atomic_write_text
 from .models import create_model
@@ -224,8 +224,7 @@ class _Seed:
         # live, or a table of its logits on every shifted view when that costs fewer passes.
         soft = predict_logits(teacher, train)
         jitter, jittered = Augment(r.student_translate), teacher
-        if (jitter.views and jitter.views <= r.student_epochs
-                and "distilled-jitter" not in self.done):
+        if tabulate_views(jitter, r.student_epochs) and "distilled-jitter" not in self.done:
             jittered = predict_views(teacher, train, jitter)
 
         def student(name: str, temperature: float | None, epochs: int,

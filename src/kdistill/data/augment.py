@@ -96,13 +96,18 @@ class Augment:
     erase: int = 0
 
     def __bool__(self) -> bool:
-        return bool(self.translate or self.rotate or self.scale or self.elastic or self.erase)
+        return bool(self.translate or self._continuous)
+
+    @property
+    def _continuous(self) -> bool:
+        """Whether anything beyond integer shifts is drawn (rotation, zoom, elastic, erasing)."""
+        return bool(self.rotate or self.scale or self.elastic or self.erase)
 
     @property
     def views(self) -> int | None:
         """How many distinct images one image can become: (2 * translate + 1)^2 for shifts alone,
-        None when the augmentation is continuous (rotation, zoom, elastic, erasing) or absent."""
-        if self.rotate or self.scale or self.elastic or self.erase or not self.translate:
+        None when the augmentation is continuous or absent."""
+        if self._continuous or not self.translate:
             return None
         return (2 * self.translate + 1) ** 2
 
@@ -115,11 +120,13 @@ class Augment:
     def __call__(self, images: torch.Tensor, generator: torch.Generator
                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The augmented batch and, for shifts alone, each image's view number (else None)."""
-        if self.views:
-            dy, dx = random_shifts(len(images), self.translate, generator, images.device)
-            return shift(images, dy, dx, self.translate), (dy * (2 * self.translate + 1) + dx).view(-1)
+        view = None
         if self.translate:
-            images = random_translate(images, self.translate, generator)
+            dy, dx = random_shifts(len(images), self.translate, generator, images.device)
+            images = shift(images, dy, dx, self.translate)
+            view = (dy * (2 * self.translate + 1) + dx).view(-1)
+        if not self._continuous:
+            return images, view
         if self.rotate or self.scale or self.elastic:
             images = random_warp(images, self.rotate, self.scale, generator, self.elastic)
         if self.erase:
