@@ -7,7 +7,7 @@ from-scratch control under the same schedule and augmentation. The table is sort
 distilled student's validation accuracy; test accuracy is printed for information only and never
 chooses.
 
-    python benchmarks/recipe_search.py              # about 35 minutes on 2 CPU cores
+    python benchmarks/recipe_search.py              # 39 minutes on 2 CPU cores
     python benchmarks/recipe_search.py --device cuda   # --jobs N: N at once (12 at once on one
                                                        # H200 left each launch-bound run slower)
 
