@@ -32,17 +32,23 @@ def save_weights(path: str | Path, model: nn.Module, metadata: dict[str, Any] | 
 
 
 def _sniff(path: Path, data: bytes) -> None:
-    """Refuse files that are plainly not safetensors before handing them to the parser."""
+    """Refuse files that are plainly not safetensors before handing them to the parser.
+
+    A safetensors file starts with its header's length (8 bytes, little-endian) and then ``{``;
+    only a file without that shape is told apart as a pickle (``\x80``) or zip (``PK``) archive,
+    since a header length can itself begin with those bytes.
+    """
+    header = struct.unpack("<Q", data[:8])[0] if len(data) >= 8 else None
+    if header is not None and header <= len(data) - 8 and data[8:9] == b"{":
+        return
     if data[:1] == b"\x80" or data[:2] == b"PK":
         raise CheckpointError(f"{path} is a pickle or torch.save archive, not safetensors",
                               "pickled weights can run code and are never loaded; convert them "
                               "with safetensors.torch.save_file")
-    if len(data) < 8:
+    if header is None:
         raise CheckpointError(f"{path} is too short to be a safetensors file", "it is truncated")
-    (header,) = struct.unpack("<Q", data[:8])
-    if header > len(data) - 8 or data[8:9] != b"{":
-        raise CheckpointError(f"{path} is not a valid safetensors file (truncated or foreign)",
-                              "re-create it from the run that made it")
+    raise CheckpointError(f"{path} is not a valid safetensors file (truncated or foreign)",
+                          "re-create it from the run that made it")
 
 
 def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
