@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from kdistill.errors import ConfigError
 from kdistill.losses import (bind_loss, dkd, feature_kind, hinton, is_feature_loss, kl,
-                             list_losses)
+                             list_losses, mse)
 
 S = torch.tensor([[1.0, 2.0, 0.5], [0.0, -1.0, 3.0]], dtype=torch.float64)
 T = torch.tensor([[2.0, 0.0, 1.0], [1.0, 1.0, 1.0]], dtype=torch.float64)
@@ -43,6 +43,20 @@ def test_hinton_limits():
     assert hinton(S, T, Y, temperature=1.0, alpha=1.0)["kd"].item() == pytest.approx(KL_T1)
     assert hinton(S, T, Y, temperature=1.0, alpha=1.0)["ce"].item() == 0.0
     assert hinton(S, T, Y, temperature=3.0, alpha=0.0)["ce"].item() == pytest.approx(CE)
+
+
+def test_mse_regresses_logits_by_hand():
+    # S - T = [[-1, 2, -0.5], [-1, -2, 2]]: squares sum to 14.25 over 6 entries, halved: 1.1875
+    terms = mse(S, T, Y, alpha=0.9)
+    assert terms["kd"].item() == pytest.approx(0.9 * 1.1875, rel=1e-12)
+    assert terms["ce"].item() == pytest.approx(0.1 * CE, rel=1e-12)
+    assert mse(S + 1, T, Y, alpha=1.0)["kd"].item() != mse(S, T, Y, alpha=1.0)["kd"].item()
+
+
+def test_mse_is_hintons_high_temperature_limit_for_zero_mean_logits():
+    s, t = S - S.mean(1, keepdim=True), T - T.mean(1, keepdim=True)
+    limit = hinton(s, t, Y, temperature=1e3, alpha=1.0)["kd"].item()
+    assert limit == pytest.approx(mse(s, t, Y, alpha=1.0)["kd"].item(), rel=1e-3)
 
 
 def test_identical_logits_give_zero_kl():

@@ -62,6 +62,24 @@ def hinton(student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets: 
     }
 
 
+@register_loss("mse")
+def mse(student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.Tensor, *,
+        alpha: float = 0.9, standardize: bool = False) -> dict[str, torch.Tensor]:
+    """Ba & Caruana (NeurIPS 2014), "Do Deep Nets Really Need to be Deep?": logit regression.
+
+    ``alpha · ½ · mean_k (s_k − t_k)² + (1 − alpha) · CE(s, y)``, averaged over the batch. The ½
+    makes it the high-temperature limit of Hinton's ``T² · KL`` for zero-mean logits (section 2
+    of Hinton et al.), so ``alpha`` weighs the two terms as it does there. Unlike KL, it also
+    matches each logit's offset, which softmax ignores.
+    """
+    s, t = (zscore(student_logits), zscore(teacher_logits)) if standardize else (
+        student_logits, teacher_logits)
+    return {
+        "kd": alpha * 0.5 * F.mse_loss(s, t),
+        "ce": (1.0 - alpha) * F.cross_entropy(student_logits, targets),  # raw logits, as hinton
+    }
+
+
 def _target_vs_rest(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """[B, 2] log-probabilities of (the target class, any other class) under ``softmax(logits)``."""
     log_p = F.log_softmax(logits, dim=1)
