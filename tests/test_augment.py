@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from kdistill.data.augment import Augment, gaussian_blur, random_erase, random_translate, random_warp
+from kdistill.data.augment import (Augment, gaussian_blur, random_erase, random_shifts,
+                                   random_translate, random_warp, shift)
 from kdistill.engine import Distiller, Images, fit, predict_logits
 from kdistill.models import ConvNet, count_params, create_model
 
@@ -15,6 +16,16 @@ def test_translate_shifts_each_image_within_bounds():
     assert len(rows) == 200  # each image keeps its pixel, moved by at most 2
     assert rows.min() == 11 and rows.max() == 15 and cols.min() == 11 and cols.max() == 15
     assert len(set(zip(rows.tolist(), cols.tolist()))) == 25  # all 5 x 5 offsets occur
+
+
+@pytest.mark.parametrize("pixels", [1, 2, 3])
+def test_shift_is_a_crop_of_the_zero_padded_image(pixels):
+    images = torch.randint(1, 256, (16, 9, 7), dtype=torch.uint8)  # not square
+    dy, dx = random_shifts(16, pixels, torch.Generator().manual_seed(pixels))
+    padded = torch.nn.functional.pad(images, (pixels,) * 4)
+    expected = torch.stack([padded[i, y:y + 9, x:x + 7]
+                            for i, (y, x) in enumerate(zip(dy.view(-1).tolist(), dx.view(-1).tolist()))])
+    assert torch.equal(shift(images, dy, dx, pixels), expected)
 
 
 def test_translate_is_seeded_and_zero_filled():
