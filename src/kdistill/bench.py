@@ -144,7 +144,8 @@ def deployment_bench(models: dict[str, nn.Module], test: Images, out_dir: Path, 
                      batches: tuple[int, ...] = (1, 64, 1024), latency_repeats: int = 200,
                      throughput_repeats: int = 10, onnx: bool = True) -> dict[str, dict]:
     """Measure each model in eager PyTorch and, with ``onnx``, exported to ONNX Runtime (parity
-    checked on the whole test set) and int8 (ONNX Runtime dynamic quantization).
+    checked on the whole test set) and int8 (ONNX Runtime dynamic quantization of the linear
+    layers).
     Eager PyTorch runs where the models and ``test`` are (a GPU too), ONNX Runtime on the CPU;
     calls are interleaved among the runtimes that share a device.
 

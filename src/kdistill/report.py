@@ -150,8 +150,9 @@ def deployment_table(metrics: dict) -> list[str]:
     memory = [f"{LABELS[r]} {d['peak_memory_bytes'] / 2**20:.1f} MiB" for r, d in deployment.items()]
     rows += ["", "ONNX Runtime runs the exported model (parity checked on the whole test set: "
              + ", ".join(parity) + ", identical predictions); int8 is ONNX Runtime's dynamic "
-             "quantization (int8 weights, activations quantized on the fly), its accuracy change "
-             "against eager in brackets. Peak tensor memory of one eager forward at the largest "
+             "quantization of the linear layers (int8 weights, activations quantized on the fly; "
+             "convolutions stay fp32), its accuracy change against eager in brackets. Batch-1 "
+             "latency runs single-threaded in every runtime. Peak tensor memory of one eager forward at the largest "
              "batch: " + ", ".join(memory) + "." if parity else
              "Peak tensor memory of one eager forward at the largest batch: " + ", ".join(memory) + ".", ""]
     return rows
@@ -186,7 +187,8 @@ def render(metrics: dict, plots: dict[str, str] | None = None) -> str:
     inf = metrics.get("inference", {})
     if inf:
         out += [f"Timings: median of repeated calls after warm-up, models interleaved, "
-                f"{env.get('threads')} threads on {env.get('cpu') or env.get('device')}.", ""]
+                f"{env.get('threads')} threads (batch-1 latency: 1) on "
+                f"{env.get('cpu') or env.get('device')}.", ""]
     out += ["## Accuracy per epoch", "", _history_table(metrics), "", *_image(plots, "accuracy")]
     out += deployment_table(metrics)
     if "confusion" in plots:
