@@ -7,7 +7,7 @@ from-scratch control under the same schedule and augmentation. The table is sort
 distilled student's validation accuracy; test accuracy is printed for information only and never
 chooses.
 
-    python benchmarks/recipe_search.py              # all candidates: about 90 minutes on 2 cores
+    python benchmarks/recipe_search.py              # all candidates (not timed whole; 6 took 39 min)
     python benchmarks/recipe_search.py --only "jitter ±1, T2 a0.9"   # some, added to the JSON
     python benchmarks/recipe_search.py --device cuda   # --jobs N: N at once (12 at once on one
                                                        # H200 left each launch-bound run slower)
