@@ -115,6 +115,8 @@ class RunConfig(_Strict):
         "fp32", description="training forward pass in mixed precision (fp16: CUDA only, with a "
                             "gradient scaler)")
     compile: bool = Field(False, description="run the student through torch.compile while training")
+    cuda_graphs: bool = Field(True, description="on CUDA, record each training step as a CUDA graph "
+                                                "and replay it (far fewer kernel launches)")
     control: bool = Field(True, description="also train the student from scratch on labels only")
     eval_batch_size: int = Field(256, ge=1, description="batch size of evaluation and teacher logits")
     data: DataConfig = Field(default_factory=DataConfig)

@@ -49,7 +49,9 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
     if precision == "fp32":
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device.type, dtype=dtype)
+    # no cast cache: a CUDA graph must not capture casts cached outside it (each weight is
+    # used once per forward pass here, so the cache saved nothing)
+    return torch.autocast(device.type, dtype=dtype, cache_enabled=False)
 
 
 def synchronize(device: torch.device) -> None:

@@ -24,6 +24,7 @@ from tqdm import tqdm
 from . import distributed
 from .device import autocast
 from .checkpoint import load_train_state, save_train_state
+from .cuda_graph import GraphedStep
 from .data.augment import Augment
 from .data.datasets import batch_indices, normalize
 from .errors import KdistillError
@@ -148,7 +149,8 @@ def fit(distiller: Distiller, train: Images, *, epochs: int, batch_size: int, lr
         augment: Augment = Augment(), evaluate_on: Images | None = None,
         on_epoch_end: Callable[[dict], None] | None = None,
         progress: bool | None = None, desc: str = "train", checkpoint: Path | None = None,
-        checkpoint_every: int = 1, precision: str = "fp32", compile: bool = False) -> list[dict]:
+        checkpoint_every: int = 1, precision: str = "fp32", compile: bool = False,
+        cuda_graphs: bool = True) -> list[dict]:
     """Train ``distiller.student`` in place; return one record per epoch.
 
     Each record holds ``epoch``, ``train_loss`` (mean over steps), the mean of each loss term,
@@ -159,6 +161,11 @@ def fit(distiller: Distiller, train: Images, *, epochs: int, batch_size: int, lr
     With ``checkpoint``, the full training state is saved there (atomically) every
     ``checkpoint_every`` epochs and at the end; if the file exists, training continues from it
     and ends bitwise identical to a run that was never stopped.
+
+    On CUDA, ``cuda_graphs`` records the training step as a CUDA graph and replays it
+    (:class:`~kdistill.cuda_graph.GraphedStep`) where the step allows: one process, no
+    ``compile``, no fp16 gradient scaling, Adam(W), no feature objective, shift augmentation
+    at most. Shifts are drawn for a whole epoch at once (the same values as drawing per batch).
 
     Under torchrun every rank draws the same seeded permutation and takes its share of each
     global batch of ``batch_size``; the student runs in DistributedDataParallel, which averages
@@ -174,14 +181,40 @@ def fit(distiller: Distiller, train: Images, *, epochs: int, batch_size: int, lr
     opt = make_optimizer(optimizer, distiller.get_learnable_parameters(), lr, weight_decay)
     world, rank = distributed.world_size(), distributed.rank()
     device = train.labels.device  # data may be any object with Images' interface
-    runner = distiller.student
-    if world > 1:
-        runner = DistributedDataParallel(runner)
-    distiller.student_runner = torch.compile(runner) if compile else runner
+    student = DistributedDataParallel(distiller.student) if world > 1 else distiller.student
+    distiller.student_runner = torch.compile(student) if compile else student
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     steps = math.ceil(len(train) / batch_size)
     scheduler = make_scheduler(schedule, opt, epochs * steps)
     show = sys.stderr.isatty() if progress is None else progress
+    shifts_only = augment.views is not None  # drawn for a whole epoch at once, see below
+    term_names: list[str] = []
+
+    def train_step(index: torch.Tensor, shifts: torch.Tensor | None = None) -> torch.Tensor:
+        """One optimisation step on the examples ``index``: [loss, *terms], detached."""
+        view = None
+        if shifts is not None:
+            pixels, view = augment.apply_shifts(train.images[index], shifts)
+            x = normalize(pixels, train.mean, train.std)
+        elif augment:
+            pixels, view = augment(train.images[index], generator)
+            x = normalize(pixels, train.mean, train.std)
+        else:
+            x = train.inputs(index)
+        with autocast(device, precision):
+            _, terms = distiller.forward_train(x, train.labels[index], index, view)
+            loss = functools.reduce(operator.add, terms.values())
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        term_names[:] = terms
+        return torch.stack([t.detach().float() for t in (loss, *terms.values())])
+
+    graphed = (cuda_graphs and device.type == "cuda" and world == 1 and not compile
+               and precision != "fp16" and optimizer in ("adam", "adamw")
+               and distiller.features is None and (shifts_only or not augment))
+    runner = GraphedStep(train_step, opt) if graphed else train_step
     history: list[dict] = []
     done = 0
     if checkpoint is not None and checkpoint.exists():
@@ -190,48 +223,33 @@ def fit(distiller: Distiller, train: Images, *, epochs: int, batch_size: int, lr
     for epoch in range(done + 1, epochs + 1):
         distiller.train()
         start = time.perf_counter()
-        # per-step values stay tensors (no kernel, no sync) until the epoch ends
-        losses: list[torch.Tensor] = []
-        term_log: dict[str, list[torch.Tensor]] = {}
+        losses: list[torch.Tensor] = []  # per step, left on the device until the epoch ends
         bar = tqdm(total=steps, desc=f"{desc} {epoch}/{epochs}", disable=not show, leave=False,
                    unit="step", dynamic_ncols=True)
-        for step, index in enumerate(batch_indices(len(train), batch_size, generator,
-                                                   device=device), start=1):
-            index = index.tensor_split(world)[rank] if world > 1 else index
-            view = None
-            if augment:
-                pixels, view = augment(train.images[index], generator)
-                x = normalize(pixels, train.mean, train.std)
-            else:
-                x = train.inputs(index)
-            y = train.labels[index]
-            with autocast(device, precision):
-                _, terms = distiller.forward_train(x, y, index, view)
-                loss = functools.reduce(operator.add, terms.values())
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
+        indexes = list(batch_indices(len(train), batch_size, generator, device=device))
+        offsets = (augment.draw_shifts([len(i) for i in indexes], generator, device)
+                   if shifts_only else [None] * len(indexes))
+        for step, (index, shifts) in enumerate(zip(indexes, offsets), start=1):
+            if world > 1:
+                index = index.tensor_split(world)[rank]
+                shifts = shifts.tensor_split(world, dim=1)[rank] if shifts is not None else None
+            losses.append(runner(index) if shifts is None else runner(index, shifts))
             if schedule != "constant":
                 scheduler.step()
-            losses.append(loss.detach())
-            for name, term in terms.items():
-                term_log.setdefault(name, []).append(term.detach())
             if show and (step % 100 == 0 or step == steps):
-                bar.set_postfix(loss=f"{torch.stack(losses).float().mean().item():.4f}",
+                bar.set_postfix(loss=f"{torch.stack(losses)[:, 0].mean().item():.4f}",
                                 refresh=step == steps)
             bar.update(1)
         bar.close()
-        step_losses = torch.stack(losses).float()
-        bad = (~torch.isfinite(step_losses)).nonzero()
+        step_losses = torch.stack(losses)  # [steps, 1 + terms]: the loss, then each term
+        bad = (~torch.isfinite(step_losses[:, 0])).nonzero()
         if len(bad):
             step = int(bad[0]) + 1
-            raise NonFiniteLoss(f"{desc}: loss became {step_losses[step - 1].item()} at epoch "
+            raise NonFiniteLoss(f"{desc}: loss became {step_losses[step - 1, 0].item()} at epoch "
                                 f"{epoch}, step {step}", "lower the learning rate or check the data")
-        totals = {k: torch.stack(v).float().sum().item() for k, v in term_log.items()}
-        loss_sum = step_losses.sum().item()
-        record = {"epoch": epoch, "train_loss": loss_sum / steps,
-                  **{f"loss_{k}": v / steps for k, v in totals.items()},
+        means = [total / steps for total in step_losses.sum(0).tolist()]
+        record = {"epoch": epoch, "train_loss": means[0],
+                  **{f"loss_{k}": v for k, v in zip(term_names, means[1:])},
                   "seconds": time.perf_counter() - start}
         if evaluate_on is not None:
             result = evaluate(distiller.student, evaluate_on)

@@ -508,7 +508,7 @@ class _Experiment:
                       progress=self.show, desc=name,
                       checkpoint=self.out_dir / "checkpoints" / f"{name}.safetensors",
                       checkpoint_every=cfg.checkpoint_every, precision=cfg.precision,
-                      compile=cfg.compile)
+                      compile=cfg.compile, cuda_graphs=cfg.cuda_graphs)
         self.phase(name, t0)
         if features is not None:
             features.remove()
@@ -527,7 +527,8 @@ class _Experiment:
                 "data": cfg.data.model_dump(mode="json", exclude={"root"}),
                 "data_sha256": self._data_sha256, "seed": seed, "precision": cfg.precision,
                 "compile": cfg.compile, "device": self.train.device.type,
-                "processes": distributed.world_size()}
+                "processes": distributed.world_size(),
+                **({"cuda_graphs": cfg.cuda_graphs} if self.train.device.type == "cuda" else {})}
 
     def _train_teacher(self, model: nn.Module) -> tuple[list[dict], dict]:
         """Train the teacher (each member of an ensemble), or take it from the teacher cache."""

@@ -10,11 +10,16 @@ import torch.nn.functional as F
 ELASTIC_SIGMA = 4.0  # px: the smoothing of Simard et al.'s (2003) elastic displacement fields
 
 
+def draw_offsets(n: int, pixels: int, generator: torch.Generator) -> torch.Tensor:
+    """Per-image offsets [2, n, 1] (dy, dx) in [0, 2 * pixels] (``pixels`` means no shift),
+    drawn from the (CPU) generator whatever the device, so runs reproduce everywhere."""
+    return torch.randint(0, 2 * pixels + 1, (2, n, 1), generator=generator)
+
+
 def random_shifts(n: int, pixels: int, generator: torch.Generator,
                   device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-image offsets (dy, dx), each [n, 1] in [0, 2 * pixels] (``pixels`` means no shift)."""
-    # drawn from the (CPU) generator whatever the device, so runs reproduce everywhere
-    dy, dx = torch.randint(0, 2 * pixels + 1, (2, n, 1), generator=generator).to(device)
+    """:func:`draw_offsets` as two tensors (dy, dx), each [n, 1], on ``device``."""
+    dy, dx = draw_offsets(n, pixels, generator).to(device)
     return dy, dx
 
 
@@ -119,14 +124,28 @@ class Augment:
         offset = torch.full((len(images), 1), view, device=images.device)
         return shift(images, offset // side, offset % side, self.translate)
 
+    def draw_shifts(self, sizes: list[int], generator: torch.Generator,
+                    device: torch.device | str = "cpu") -> list[torch.Tensor]:
+        """Offsets [2, b, 1] for consecutive batches of ``sizes`` (for :meth:`apply_shifts`),
+        drawn in one call and moved to ``device`` in one copy: the very values that drawing
+        each batch's :func:`random_shifts` in turn gives."""
+        flat = draw_offsets(sum(sizes), self.translate, generator).view(-1).to(device)
+        return [part.view(2, -1, 1) for part in flat.split([2 * b for b in sizes])]
+
+    def apply_shifts(self, images: torch.Tensor, offsets: torch.Tensor
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batch shifted by ``offsets`` from :meth:`draw_shifts` and each image's view
+        number (no random draws here, so a CUDA graph can record it)."""
+        dy, dx = offsets.to(images.device)
+        view = (dy * (2 * self.translate + 1) + dx).view(-1)
+        return shift(images, dy, dx, self.translate), view
+
     def __call__(self, images: torch.Tensor, generator: torch.Generator
                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The augmented batch and, for shifts alone, each image's view number (else None)."""
         view = None
         if self.translate:
-            dy, dx = random_shifts(len(images), self.translate, generator, images.device)
-            images = shift(images, dy, dx, self.translate)
-            view = (dy * (2 * self.translate + 1) + dx).view(-1)
+            images, view = self.apply_shifts(images, self.draw_shifts([len(images)], generator)[0])
         if not self._continuous:
             return images, view
         if self.rotate or self.scale or self.elastic:
