@@ -1,12 +1,14 @@
-"""The README's GPU rows: the `seed` preset (with the inference benchmark, then without it for
-the end-to-end time, then in bf16) and the `best` preset, each a cold `kdistill run` process on
-the GPU that `device=cuda` finds.
+"""The README's GPU rows: the `seed` preset with CUDA graphs (the default), with eager steps
+(`cuda_graphs=false`), with the inference benchmark, in bf16, and the `best` preset; each a cold
+`kdistill run --device cuda` process with an empty teacher cache of its own, so every teacher is
+trained. Runs go one after another (never two at once), and a failed run is reported and skipped.
 
     python benchmarks/gpu.py OUT_DIR [NAME ...]   # writes OUT_DIR/<name>.json, prints a line each
 """
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -14,11 +16,13 @@ import time
 from pathlib import Path
 
 RUNS = {
-    "seed-bench": ["--preset", "seed"],
     "seed": ["--preset", "seed", "bench.enabled=false"],
+    "seed-eager": ["--preset", "seed", "bench.enabled=false", "cuda_graphs=false"],
+    "seed-bench": ["--preset", "seed"],
     "seed-bf16": ["--preset", "seed", "bench.enabled=false", "precision=bf16"],
     "best": ["--preset", "best", "bench.enabled=false"],
 }
+TIMEOUT_S = 400  # per run
 
 
 def main() -> None:
@@ -26,11 +30,19 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="kdistill-gpu-"))
     for name in sys.argv[2:] or RUNS:
-        args = RUNS[name]
+        env = {**os.environ, "KDISTILL_CACHE": str(work / f"cache-{name}")}
         start = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "kdistill", "run", "--device", "cuda", "--quiet",
-                        "--out", str(work / name), *args], check=True)
+        try:
+            done = subprocess.run([sys.executable, "-m", "kdistill", "run", "--device", "cuda",
+                                   "--quiet", "--out", str(work / name), *RUNS[name]], env=env,
+                                  capture_output=True, text=True, timeout=TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            print(f"{name}: stopped after {TIMEOUT_S} s", flush=True)
+            continue
         wall = time.perf_counter() - start
+        if done.returncode:
+            print(f"{name}: failed (exit {done.returncode})\n{done.stderr[-3000:]}", flush=True)
+            continue
         metrics = json.loads((work / name / "metrics.json").read_text())
         metrics["process_wall_seconds"] = wall
         for entry in metrics["models"].values():
