@@ -181,3 +181,14 @@ def test_run_with_jitter_tables_the_teacher_when_views_are_few(idx_dir, tmp_path
     # 25 views cost more teacher passes than 2 live epochs; 9 views cost no more than 9 epochs
     assert ("teacher_logits_seconds" in metrics["timings"]) == table
     assert metrics["models"]["student"]["test_accuracy"] > 0.5
+
+
+def test_an_epochs_shifts_drawn_at_once_equal_per_batch_draws():
+    """fit() draws a whole epoch's offsets in one call: the values of drawing batch by batch."""
+    sizes = [64, 64, 17]
+    parts = Augment(2).draw_shifts(sizes, torch.Generator().manual_seed(4))
+    per_batch = torch.Generator().manual_seed(4)
+    for size, part in zip(sizes, parts):
+        dy, dx = random_shifts(size, 2, per_batch)
+        assert part.shape == (2, size, 1)
+        assert torch.equal(part[0], dy) and torch.equal(part[1], dx)
