@@ -67,7 +67,7 @@ def ort_session(path: str | Path, threads: int | None = None):
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
     # No busy-waiting between calls: spinning threads would steal the cores from whatever is
-    # timed next (the interleaved PyTorch models).
+    # timed next (the PyTorch models timed in rotation with them).
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 

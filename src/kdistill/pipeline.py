@@ -407,7 +407,7 @@ class _Experiment:
             self._train_all()
             if cfg.bench.enabled and self.main:
                 t = time.perf_counter()
-                self.log.say("bench    timing teacher and student, interleaved"
+                self.log.say("bench    timing teacher and student side by side"
                              + (" (eager, ONNX Runtime, int8)" if cfg.bench.onnx else ""))
                 record_bench(metrics, cfg, self.models, self.test, self.out_dir)
                 self.phase("bench", t)

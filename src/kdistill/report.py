@@ -186,7 +186,8 @@ def render(metrics: dict, plots: dict[str, str] | None = None) -> str:
     out += ["## Size and cost, stated plainly", "", *_honesty(metrics), ""]
     inf = metrics.get("inference", {})
     if inf:
-        out += [f"Timings: median of repeated calls after warm-up, models interleaved, "
+        out += ["Timings: median of repeated calls after warm-up, models in rotation "
+                "(batch-1 latency in blocks of consecutive calls), "
                 f"{env.get('threads')} threads (batch-1 latency: 1) on "
                 f"{env.get('cpu') or env.get('device')}.", ""]
     out += ["## Accuracy per epoch", "", _history_table(metrics), "", *_image(plots, "accuracy")]
