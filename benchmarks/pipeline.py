@@ -1,16 +1,21 @@
-"""Time the spec's experiment two ways in one process: the plain reference script
-(``reference_spec.py``) and ``kdistill run --preset seed``; print the ratio and a per-phase
-breakdown, and save both to ``benchmarks/results/pipeline.json``.
+"""Time the spec's experiment two ways in one benchmark run: the plain reference script
+(``reference_spec.py``) and ``kdistill run --preset seed`` (a fresh teacher); print the ratio and
+a per-phase breakdown, and save both to ``benchmarks/results/pipeline.json``.
 
-    python benchmarks/pipeline.py [--epochs 5]
+    python benchmarks/pipeline.py [--epochs 5] [--rounds 2]
 
-Data is loaded (and cached) before either is timed. Both use every core (torch's default).
+Each side runs in a fresh Python process of its own, one after the other, so neither inherits
+the other's heap and allocator state; each is timed inside its process, after imports and with
+the data loaded (and cached) first. ``--rounds`` pairs run in alternating order (reference,
+kdistill, kdistill, reference, ...); the speed-up is the median of the pairs' ratios. Both use
+every core (torch's default).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -26,52 +31,78 @@ from kdistill.files import atomic_write_json  # noqa: E402
 from kdistill.pipeline import environment  # noqa: E402
 
 
+def _side(name: str, epochs: int, out: Path) -> None:
+    """Run one side in this process and write its timings and results to ``out``."""
+    ds = kdistill.load_dataset("mnist")  # fetch + verify outside the timings
+    start = time.perf_counter()
+    if name == "reference":
+        result = reference_spec.run(ds.train_images, ds.train_labels, ds.test_images,
+                                    ds.test_labels, epochs=epochs)
+        result["total_seconds"] = time.perf_counter() - start
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            # retrain_teacher: a teacher cached by an earlier run would make this a different race
+            run = kdistill.run("seed", out=Path(tmp) / "run", quiet=True, retrain_teacher=True,
+                               overrides=[f"teacher.epochs={epochs}", f"student.epochs={epochs}"])
+            result = {"total_seconds": time.perf_counter() - start, "metrics": run.metrics}
+    out.write_text(json.dumps(result))
+
+
+def _in_fresh_process(name: str, epochs: int) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / f"{name}.json"
+        subprocess.run([sys.executable, __file__, "--side", name, "--epochs", str(epochs),
+                        "--out", str(out)], check=True)
+        return json.loads(out.read_text())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "pipeline.json")
+    parser.add_argument("--rounds", type=int, default=2, help="pairs of runs (order alternates)")
+    parser.add_argument("--side", choices=["reference", "kdistill"], help=argparse.SUPPRESS)
     args = parser.parse_args()
-    ds = kdistill.load_dataset("mnist")  # fetch + verify outside the timings
-
-    start = time.perf_counter()
-    reference = reference_spec.run(ds.train_images, ds.train_labels, ds.test_images,
-                                   ds.test_labels, epochs=args.epochs)
-    reference["total_seconds"] = time.perf_counter() - start
-
-    with tempfile.TemporaryDirectory() as tmp:
-        start = time.perf_counter()
-        # retrain_teacher: a teacher cached by an earlier run would make this a different race
-        result = kdistill.run("seed", out=Path(tmp) / "run", quiet=True, retrain_teacher=True,
-                              overrides=[f"teacher.epochs={args.epochs}", f"student.epochs={args.epochs}"])
-        ours_total = time.perf_counter() - start
-    models = result.metrics["models"]
-    kd_epoch = statistics.median(h["seconds"] for h in models["student"]["history"])
-    ce_epoch = statistics.median(h["seconds"] for h in models["control"]["history"])
+    if args.side:
+        _side(args.side, args.epochs, args.out)
+        return
+    references, ours = [], []
+    for r in range(args.rounds):  # ABBA...: alternating order cancels a slow drift of the VM
+        for side in ("reference", "kdistill") if r % 2 == 0 else ("kdistill", "reference"):
+            (references if side == "reference" else ours).append(_in_fresh_process(side, args.epochs))
+    speedups = [ref["total_seconds"] / kd["total_seconds"] for ref, kd in zip(references, ours)]
+    kd_over_ce = []
+    for kd in ours:
+        models = kd["metrics"]["models"]
+        kd_over_ce.append(statistics.median(h["seconds"] for h in models["student"]["history"])
+                          / statistics.median(h["seconds"] for h in models["control"]["history"]))
     summary = {
         "machine": environment(),
         "epochs": args.epochs,
-        "reference": reference,
-        "kdistill": {"total_seconds": ours_total, "phases": result.metrics["timings"],
-                     "teacher_accuracy": models["teacher"]["test_accuracy"],
-                     "student_accuracy": models["student"]["test_accuracy"],
-                     "control_accuracy": models["control"]["test_accuracy"]},
-        "speedup": reference["total_seconds"] / ours_total,
-        "kd_epoch_over_ce_epoch": kd_epoch / ce_epoch,
+        "rounds": args.rounds,
+        "reference": references,
+        "kdistill": [{"total_seconds": kd["total_seconds"], "phases": kd["metrics"]["timings"],
+                      **{f"{role}_accuracy": m["test_accuracy"]
+                         for role, m in kd["metrics"]["models"].items()}} for kd in ours],
+        "speedup_per_round": speedups,
+        "speedup": statistics.median(speedups),
+        "kd_epoch_over_ce_epoch": statistics.median(kd_over_ce),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(args.out, summary)
     print(f"machine: {summary['machine']['cpu']}, torch {torch.__version__}, "
           f"{summary['machine']['threads']} threads")
-    print(f"reference (spec's way): {reference['total_seconds']:7.1f} s  "
-          f"teacher {reference['history']['teacher'][-1]:.2%}  student {reference['history']['student'][-1]:.2%}")
-    for phase, seconds in reference["times"].items():
-        print(f"    {phase:22s} {seconds:7.2f} s")
-    print(f"kdistill run --preset seed: {ours_total:7.1f} s  teacher {models['teacher']['test_accuracy']:.2%}  "
-          f"student {models['student']['test_accuracy']:.2%}  control {models['control']['test_accuracy']:.2%}")
-    for phase, seconds in result.metrics["timings"].items():
-        print(f"    {phase.removesuffix('_seconds'):22s} {seconds:7.2f} s")
-    print(f"speed-up: {summary['speedup']:.1f}x;  KD epoch (cached logits) / CE epoch: "
-          f"{summary['kd_epoch_over_ce_epoch']:.2f}")
+    for r, (ref, kd) in enumerate(zip(references, summary["kdistill"]), start=1):
+        print(f"round {r}: reference (spec's way) {ref['total_seconds']:6.1f} s  "
+              f"(teacher {ref['history']['teacher'][-1]:.2%}, student {ref['history']['student'][-1]:.2%}; "
+              + ", ".join(f"{k} {v:.1f} s" for k, v in ref["times"].items()) + ")")
+        print(f"         kdistill run --preset seed {kd['total_seconds']:6.1f} s  "
+              f"(teacher {kd['teacher_accuracy']:.2%}, student {kd['student_accuracy']:.2%}, "
+              f"control {kd['control_accuracy']:.2%}; "
+              + ", ".join(f"{k.removesuffix('_seconds')} {v:.1f} s" for k, v in kd["phases"].items())
+              + f")  -> {speedups[r - 1]:.1f}x")
+    print(f"speed-up (median of rounds): {summary['speedup']:.1f}x;  KD epoch (cached logits) / "
+          f"CE epoch: {summary['kd_epoch_over_ce_epoch']:.2f}")
     print(f"saved {args.out}")
 
 
