@@ -11,13 +11,14 @@ Prints the median µs per call and the student/teacher and ONNX/eager ratios of 
 """
 from __future__ import annotations
 
+import argparse
 import statistics
-import sys
 import time
 
 import torch
 
 from kdistill.bench import LATENCY_BLOCK
+from kdistill.errors import KdistillError
 from kdistill.export import ort_session
 from kdistill.pipeline import load_run
 
@@ -25,7 +26,16 @@ CALLS = 1000  # timed calls per (model, runtime) and method
 
 
 def main() -> None:
-    run_dir, _, _, test, models = load_run(sys.argv[1])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run_dir", help="a finished run with its exported .onnx files")
+    args = parser.parse_args()
+    try:
+        run_dir, _, _, test, models = load_run(args.run_dir)
+    except KdistillError as exc:
+        parser.exit(2, f"error: {exc}\n")
+    if not all((run_dir / f"{role}.onnx").is_file() for role in ("teacher", "student")):
+        parser.exit(2, f"error: {run_dir} has no exported teacher.onnx and student.onnx "
+                       f"(run kdistill export {run_dir} --onnx)\n")
     torch.set_num_threads(1)
     x = test.inputs(slice(0, 1))
     fns = {}

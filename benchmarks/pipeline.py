@@ -63,6 +63,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="pairs of runs (order alternates)")
     parser.add_argument("--side", choices=["reference", "kdistill"], help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.rounds < 1 or args.epochs < 1:
+        parser.error("--rounds and --epochs must be at least 1")
     if args.side:
         _side(args.side, args.epochs, args.out)
         return
