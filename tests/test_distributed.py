@@ -24,14 +24,20 @@ def _accuracies(run_dir: Path) -> dict[str, float]:
     return {role: models[role]["test_accuracy"] for role in ROLES}
 
 
+# 1 thread in 2 micro-batches: each step's arithmetic of 2 processes of 1 thread, in one process
+MICRO = ["threads=1", "teacher.micro_batches=2", "student.micro_batches=2"]
+
+
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> dict[int, Path]:
-    """The same short MNIST run with 1 and with 2 processes (same global batch of 64)."""
+def runs(tmp_path_factory) -> dict[str, Path]:
+    """The same short MNIST run with 1 and with 2 processes (same global batch of 64), and with
+    1 process of 1 thread in 2 micro-batches."""
     base = tmp_path_factory.mktemp("ddp")
-    for nproc in (1, 2):
-        result = kdistill("run", "--nproc", str(nproc), "--out", str(base / f"p{nproc}"), *ARGS)
+    variants = {"1": ("1", []), "2": ("2", []), "1x2": ("1", MICRO)}  # processes, overrides
+    for name, (nproc, overrides) in variants.items():
+        result = kdistill("run", "--nproc", nproc, "--out", str(base / name), *ARGS, *overrides)
         assert result.returncode == 0, result.stderr[-2000:]
-    return {n: base / f"p{n}" for n in (1, 2)}
+    return {name: base / name for name in variants}
 
 
 def test_one_step_leaves_identical_weights_on_both_ranks(idx_dir, tmp_path):
@@ -63,10 +69,20 @@ def test_one_step_leaves_identical_weights_on_both_ranks(idx_dir, tmp_path):
 
 
 def test_two_processes_match_one_process(runs):
-    one, two = _accuracies(runs[1]), _accuracies(runs[2])
+    one, two = _accuracies(runs["1"]), _accuracies(runs["2"])
     for role in ROLES:
         assert abs(one[role] - two[role]) <= 0.003, (role, one[role], two[role])
     assert two["teacher"] > 0.9
+
+
+def test_two_processes_compute_bitwise_what_two_micro_batches_compute(runs):
+    """DDP halves each global batch over 2 processes of 1 thread and averages their gradients;
+    one process of 1 thread in 2 micro-batches does the same arithmetic in the same order, so
+    every trained model is bitwise the same (and differs from the 2-thread run's only by float
+    summation order)."""
+    for role in ROLES:
+        assert (runs["2"] / f"{role}.safetensors").read_bytes() == \
+            (runs["1x2"] / f"{role}.safetensors").read_bytes(), role
 
 
 def test_killed_two_process_run_resumes(runs, tmp_path):
@@ -91,4 +107,4 @@ def test_killed_two_process_run_resumes(runs, tmp_path):
     assert json.loads((out / "metrics.json").read_text())["status"] == "complete"
     for role in ROLES:
         assert (out / f"{role}.safetensors").read_bytes() == \
-            (runs[2] / f"{role}.safetensors").read_bytes(), role
+            (runs["2"] / f"{role}.safetensors").read_bytes(), role

@@ -2,7 +2,7 @@ import torch
 from torch import nn
 
 from kdistill.data import load_dataset
-from kdistill.engine import Distiller, Images, evaluate, fit, predict_logits
+from kdistill.engine import Distiller, Images, evaluate, fit, micro_slices, predict_logits
 from kdistill.models import create_model
 
 
@@ -62,6 +62,40 @@ def test_distillation_terms_are_logged(idx_dir):
     _, history = _train(train, test, teacher=teacher_logits, epochs=1)
     assert {"loss_kd", "loss_ce"} <= set(history[0])
     assert abs(history[0]["loss_kd"] + history[0]["loss_ce"] - history[0]["train_loss"]) < 1e-6
+
+
+def test_micro_slices_are_sized_like_tensor_split():
+    for n, k in [(64, 2), (10, 3), (32, 5), (1, 3), (7, 7)]:
+        sizes = [len(t) for t in torch.arange(n).tensor_split(k) if len(t)]
+        assert [s.stop - s.start for s in micro_slices(n, k)] == sizes
+        assert micro_slices(n, k)[-1].stop == n
+
+
+def test_micro_batches_take_the_same_steps(idx_dir):
+    """Gradients of micro-batches, each weighted by its share, add up to the batch's: the same
+    training up to float rounding and the same logged losses, with uneven micro-batches (32 in
+    3) and a last batch of one example (97 = 3 x 32 + 1)."""
+    train, _ = _data(idx_dir)
+    train = train.subset(slice(0, 97))
+    table = torch.randn(len(train), 10, generator=torch.Generator().manual_seed(5)) * 3
+
+    def run(micro_batches: int):
+        torch.manual_seed(0)
+        student = create_model("mlp:784-32-10")
+        # SGD: its step is linear in the gradient, so rounding differences stay rounding-sized
+        # (Adam divides by sqrt(v) and turns a near-zero gradient's rounding into an lr step)
+        history = fit(Distiller(student, table, "hinton", temperature=4.0, alpha=0.9), train,
+                      epochs=2, batch_size=32, lr=0.05, seed=0, optimizer="sgd", progress=False,
+                      micro_batches=micro_batches)
+        return student, history
+
+    (one, h1), (three, h3) = run(1), run(3)
+    for p, q in zip(one.parameters(), three.parameters()):
+        torch.testing.assert_close(p, q, rtol=0, atol=1e-5)
+    assert not torch.equal(one.fc1.weight, create_model("mlp:784-32-10").fc1.weight)
+    for a, b in zip(h1, h3):
+        for key in ("train_loss", "loss_kd", "loss_ce"):
+            assert abs(a[key] - b[key]) < 1e-5 * abs(a[key]), key
 
 
 def test_evaluate_confusion_and_per_class():

@@ -54,6 +54,8 @@ class TrainConfig(_Strict):
     kwargs: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the model factory")
     epochs: int = Field(5, ge=1)
     batch_size: int = Field(64, ge=1)
+    micro_batches: int = Field(1, ge=1, description="run each batch as N forward/backward passes "
+                                                    "whose gradients add up (less memory)")
     lr: float = Field(1e-3, gt=0, description="learning rate")
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
     schedule: Literal["constant", "cosine"] = Field("constant", description="learning-rate schedule")

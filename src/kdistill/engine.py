@@ -6,6 +6,7 @@ once and looked up by index, which is exactly equivalent to re-running the teach
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import operator
@@ -123,6 +124,16 @@ class Distiller(nn.Module):
         return self.student(x)
 
 
+def micro_slices(n: int, parts: int) -> list[slice]:
+    """``n`` examples cut into ``parts`` consecutive slices (fewer when n < parts), sized as
+    ``Tensor.tensor_split`` sizes them: the first n % parts one longer."""
+    size, extra = divmod(n, parts)
+    bounds = [0]
+    for k in range(min(parts, n)):
+        bounds.append(bounds[-1] + size + (k < extra))
+    return [slice(a, b) for a, b in zip(bounds, bounds[1:])]
+
+
 def make_scheduler(name: str, opt: torch.optim.Optimizer,
                    total_steps: int) -> torch.optim.lr_scheduler.LRScheduler:
     """``constant`` or ``cosine`` (per-step decay from lr to 0 over the whole schedule)."""
@@ -150,7 +161,7 @@ def fit(distiller: Distiller, train: Images, *, epochs: int, batch_size: int, lr
         on_epoch_end: Callable[[dict], None] | None = None,
         progress: bool | None = None, desc: str = "train", checkpoint: Path | None = None,
         checkpoint_every: int = 1, precision: str = "fp32", compile: bool = False,
-        cuda_graphs: bool = True) -> list[dict]:
+        cuda_graphs: bool = True, micro_batches: int = 1) -> list[dict]:
     """Train ``distiller.student`` in place; return one record per epoch.
 
     Each record holds ``epoch``, ``train_loss`` (mean over steps), the mean of each loss term,
@@ -167,10 +178,15 @@ def fit(distiller: Distiller, train: Images, *, epochs: int, batch_size: int, lr
     ``compile``, no fp16 gradient scaling, Adam(W), no feature objective, shift augmentation
     at most. Shifts are drawn for a whole epoch at once (the same values as drawing per batch).
 
+    ``micro_batches`` runs each batch as that many consecutive forward/backward passes whose
+    gradients, each weighted by its share of the batch, add up before the one optimizer step:
+    the same step in less memory (batch norm then sees each micro-batch's statistics).
+
     Under torchrun every rank draws the same seeded permutation and takes its share of each
     global batch of ``batch_size``; the student runs in DistributedDataParallel, which averages
     the gradients, so a step sees the same global batch as one process would. Rank 0 saves the
-    checkpoints.
+    checkpoints. Two processes of one thread each compute bitwise what one process of one
+    thread computes with ``micro_batches=2``.
     """
     table = distiller.teacher_logits
     if table is not None and table.shape[:-2] != ((augment.views,) if augment.views else ()):
@@ -201,15 +217,29 @@ def fit(distiller: Distiller, train: Images, *, epochs: int, batch_size: int, lr
             x = normalize(pixels, train.mean, train.std)
         else:
             x = train.inputs(index)
-        with autocast(device, precision):
-            _, terms = distiller.forward_train(x, train.labels[index], index, view)
-            loss = functools.reduce(operator.add, terms.values())
+        y = train.labels[index]
         opt.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
+        logged: torch.Tensor | None = None
+        parts = micro_slices(len(index), micro_batches)
+        for k, part in enumerate(parts):
+            # each micro-batch weighs its share of the batch, so the gradients add up to the
+            # batch's; under DDP they are all-reduced once, after the last
+            weight = (part.stop - part.start) / len(index)
+            last = k == len(parts) - 1
+            with student.no_sync() if world > 1 and not last else contextlib.nullcontext():
+                with autocast(device, precision):
+                    _, terms = distiller.forward_train(
+                        x[part], y[part], index[part], None if view is None else view[part])
+                    loss = functools.reduce(operator.add, terms.values())
+                scaler.scale(loss if weight == 1 else loss * weight).backward()
+            values = torch.stack([t.detach().float() for t in (loss, *terms.values())])
+            values = values if weight == 1 else values * weight
+            logged = values if logged is None else logged + values
         scaler.step(opt)
         scaler.update()
         term_names[:] = terms
-        return torch.stack([t.detach().float() for t in (loss, *terms.values())])
+        assert logged is not None  # a batch holds at least one example
+        return logged
 
     graphed = (cuda_graphs and device.type == "cuda" and world == 1 and not compile
                and precision != "fp16" and optimizer in ("adam", "adamw")

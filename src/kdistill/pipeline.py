@@ -261,6 +261,10 @@ def run(config: RunConfig | str | Path | dict | None = None, out: str | Path | N
         if spec.batch_size % world:
             raise ConfigError(f"config key '{role}.batch_size': {spec.batch_size} does not split "
                               f"evenly over {world} processes", "use a multiple of the process count")
+        if spec.micro_batches > spec.batch_size // world:
+            raise ConfigError(f"config key '{role}.micro_batches': {spec.micro_batches} is more "
+                              f"than the {spec.batch_size // world} examples of each process's batch",
+                              "use fewer micro-batches or a larger batch_size")
     # Everything that can be wrong with the input is found before anything is written.
     dataset = load_dataset(cfg.data.name, cfg.data.root).subset(cfg.data.train_subset)
     train, val, test = (split.to(device) for split in _splits(cfg, dataset))
@@ -508,7 +512,8 @@ class _Experiment:
                       progress=self.show, desc=name,
                       checkpoint=self.out_dir / "checkpoints" / f"{name}.safetensors",
                       checkpoint_every=cfg.checkpoint_every, precision=cfg.precision,
-                      compile=cfg.compile, cuda_graphs=cfg.cuda_graphs)
+                      compile=cfg.compile, cuda_graphs=cfg.cuda_graphs,
+                      micro_batches=spec.micro_batches)
         self.phase(name, t0)
         if features is not None:
             features.remove()
