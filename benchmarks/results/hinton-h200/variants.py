@@ -2,7 +2,8 @@
 `kdistill reproduce hinton-mnist` on the full run's seed-0 teacher (its `teacher.safetensors`
 copied to .gpu/), each scored on the 10k validation split (to choose by) and the test set.
 Run on one H200 as two processes side by side (`python variants.py abcdefg` and `... hijklmn`),
-so the seconds in variants.log are not clean timings. Keys: see VARIANTS."""
+so the seconds in variants.log are not clean timings; variant o ran later on 2 CPU cores
+(`python variants.py o`, falling back to the CPU). Keys: see VARIANTS."""
 import sys, time, torch
 from pathlib import Path
 from kdistill import create_model, Distiller, fit
@@ -10,7 +11,7 @@ from kdistill.checkpoint import load_weights
 from kdistill.data.augment import Augment
 from kdistill.engine import predict_logits, predict_views
 from kdistill.reproduce import FULL, _splits, errors
-dev = torch.device("cuda")
+dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 train, val, test = (s.to(dev) for s in _splits(FULL, None))
 teacher = create_model("hinton-teacher").to(dev)
 load_weights(Path(".gpu/teacher.safetensors"), teacher)
@@ -23,6 +24,7 @@ VARIANTS = {
  "e": dict(lr=3e-4), "f": dict(lr=3e-3), "g": dict(bs=512, lr=3e-3), "h": dict(tr=2, alpha=1.0),
  "i": dict(tr=2, ep=300), "j": dict(loss="mse"), "k": dict(T=4, ep=300), "l": dict(tr=1),
  "m": dict(wd=1e-4, opt="adamw"), "n": dict(ep=300, lr=3e-4),
+ "o": dict(opt="sgd", lr=0.01),  # Nesterov momentum 0.9; lr 0.1 diverged (T² scales the step)
 }
 for key in sys.argv[1]:
     v = dict(T=20.0, ep=100, tr=0, alpha=0.9, lr=1e-3, bs=128, loss="hinton", wd=0.0, opt="adam")
