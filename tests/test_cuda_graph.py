@@ -27,22 +27,25 @@ def captures(monkeypatch) -> list[int]:
 
 
 def _train(train: Images, model: str, graphs: bool, teacher=None, augment=Augment(),
-           schedule: str = "constant") -> tuple[torch.nn.Module, list[dict]]:
+           schedule: str = "constant", micro_batches: int = 1
+           ) -> tuple[torch.nn.Module, list[dict]]:
     torch.manual_seed(0)
     student = create_model(model).cuda()
     # 512 images in batches of 48: 10 replayed steps and a smaller, eager last step per epoch
     history = fit(Distiller(student, teacher, "hinton", temperature=4.0, alpha=0.9), train,
                   epochs=3, batch_size=48, lr=1e-3, seed=0, schedule=schedule, augment=augment,
-                  progress=False, cuda_graphs=graphs)
+                  progress=False, cuda_graphs=graphs, micro_batches=micro_batches)
     return student, history
 
 
-@pytest.mark.parametrize("model,schedule,translate", [
-    ("mlp:784-32-10", "constant", 0),
-    ("mlp:784-32-10", "cosine", 1),   # the lr reaches the graph through a tensor
-    ("spec-teacher", "constant", 1),  # convolutions
+@pytest.mark.parametrize("model,schedule,translate,micro_batches", [
+    ("mlp:784-32-10", "constant", 0, 1),
+    ("mlp:784-32-10", "cosine", 1, 1),   # the lr reaches the graph through a tensor
+    ("spec-teacher", "constant", 1, 1),  # convolutions
+    ("mlp:784-32-10", "constant", 1, 3),  # one graph holds all three micro-batches
 ])
-def test_graphed_steps_train_like_eager_steps(idx_dir, captures, model, schedule, translate):
+def test_graphed_steps_train_like_eager_steps(idx_dir, captures, model, schedule, translate,
+                                              micro_batches):
     ds = load_dataset(str(idx_dir))
     train = Images(ds.train_images, ds.train_labels).to("cuda")
     augment = Augment(translate)
@@ -50,9 +53,10 @@ def test_graphed_steps_train_like_eager_steps(idx_dir, captures, model, schedule
     if translate:  # a student of a per-view teacher table, as `best` trains one
         torch.manual_seed(1)
         teacher = predict_views(create_model("mlp:784-16-10").cuda(), train, augment)
-    eager, eager_history = _train(train, model, False, teacher, augment, schedule)
+    eager, eager_history = _train(train, model, False, teacher, augment, schedule, micro_batches)
     assert not captures
-    graphed, graphed_history = _train(train, model, True, teacher, augment, schedule)
+    graphed, graphed_history = _train(train, model, True, teacher, augment, schedule,
+                                      micro_batches)
     assert len(captures) == 1
     for (name, a), b in zip(eager.state_dict().items(), graphed.state_dict().values()):
         assert torch.allclose(a.float(), b.float(), rtol=1e-3, atol=1e-5), name
