@@ -51,6 +51,18 @@ def test_same_seed_same_metrics(idx_dir, tmp_path):
         (tmp_path / "b" / "student.safetensors").read_bytes()
 
 
+def test_print_config_resolves_every_key_and_runs_nothing(tmp_path):
+    printed = kdistill("run", "--preset", "best", "--print-config", "student.micro_batches=2",
+                       "--device", "cpu", cwd=tmp_path)
+    assert printed.returncode == 0, printed.stderr
+    assert "micro_batches: 2" in printed.stdout and "device: cpu" in printed.stdout
+    assert "epochs: 100" in printed.stdout  # the preset's, not the default
+    assert list(tmp_path.iterdir()) == []    # no run directory, no data, no cache
+    (tmp_path / "printed.yaml").write_text(printed.stdout)
+    again = kdistill("run", "--config", str(tmp_path / "printed.yaml"), "--print-config")
+    assert again.returncode == 0 and again.stdout == printed.stdout  # a valid config file
+
+
 def test_listings():
     for command, expected in [("presets", "seed"), ("models", "spec-teacher"), ("losses", "hinton")]:
         result = kdistill(command)

@@ -86,6 +86,8 @@ CASES = {
     "wrong-type": (lambda t, d: ["run", "teacher.epochs=many"], r"'teacher.epochs'"),
     "epochs<1": (lambda t, d: ["run", "student.epochs=0"], r"'student.epochs'.*greater than or equal to 1"),
     "batch<1": (lambda t, d: ["run", "teacher.batch_size=0"], r"'teacher.batch_size'"),
+    "print-config-resume": (lambda t, d: ["run", "--resume", str(t), "--print-config"],
+                            r"--print-config shows the config of a new run"),
     "micro>batch": (lambda t, d: ["run", f"data.name={d}", "student.batch_size=4",
                                   "student.micro_batches=5"], r"'student.micro_batches': 5 is more"),
     "lr<=0": (lambda t, d: ["run", "student.lr=0"], r"'student.lr'.*greater than 0"),

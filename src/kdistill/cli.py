@@ -15,6 +15,7 @@ EXAMPLES = """examples:
   kdistill run --out runs/demo student.epochs=3  # override any config key
   kdistill run --config my.yaml distill.loss=hinton distill.temperature=4 distill.alpha=0.9
   kdistill run --nproc 2                         # DistributedDataParallel (torchrun), 2 processes
+  kdistill run --preset best --print-config      # every config key, resolved; nothing runs
   kdistill report runs/demo                       # re-render report.md, report.html, plots
   kdistill runs                                  # list runs with status and accuracies
   kdistill data fetch mnist
@@ -77,6 +78,8 @@ def _parser() -> argparse.ArgumentParser:
                                     "mps (same as device=)")
     r.add_argument("--nproc", type=int, default=1, metavar="N",
                    help="train with N processes (DistributedDataParallel via torchrun)")
+    r.add_argument("--print-config", action="store_true",
+                   help="print the resolved config (every key, overrides applied) as YAML and exit")
     r.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. seed=1")
     r.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
@@ -141,16 +144,18 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
-    if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
-        return _torchrun(args.nproc, argv)
-    from . import distributed
-    from .pipeline import run
-
     overrides = list(args.overrides)
     if args.data_root:
         overrides.append(f"data.root={args.data_root}")
     if args.device:
         overrides.append(f"device={args.device}")
+    if args.print_config:
+        return _print_config(args, overrides)
+    if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
+        return _torchrun(args.nproc, argv)
+    from . import distributed
+    from .pipeline import run
+
     try:
         if args.resume:
             run(resume=args.resume, overrides=overrides, out=args.out, quiet=args.quiet,
@@ -160,6 +165,20 @@ def _cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
                 tensorboard=args.tensorboard, retrain_teacher=args.retrain_teacher)
     finally:
         distributed.shutdown()
+    return 0
+
+
+def _print_config(args: argparse.Namespace, overrides: list[str]) -> int:
+    """``kdistill run --print-config``: the config a run would use, as YAML; nothing runs."""
+    from .config import to_yaml
+    from .errors import ConfigError
+    from .pipeline import resolve_config
+
+    if args.resume:
+        raise ConfigError("--print-config shows the config of a new run",
+                          f"a run's own config is {args.resume / 'config.yaml'}")
+    cfg, _ = resolve_config(args.config or args.preset, overrides)
+    print(to_yaml(cfg), end="")
     return 0
 
 
