@@ -30,21 +30,28 @@ def test_time_callables_reports_every_batch_size():
     assert result["fast"]["throughput_per_s"][32] > result["slow"]["throughput_per_s"][32]
 
 
-def test_batch1_latency_is_timed_in_steady_state():
-    """A call right after another model's (cold caches, here a 2 ms sleep) is never timed."""
+def test_every_call_is_timed_in_steady_state():
+    """A call right after another model's (cold caches, here a 2 ms sleep) is never timed, at
+    batch 1 or at a larger batch, and consecutive calls of a model see different inputs."""
     last = [None]
+    seen: dict[str, list[tuple[int, int]]] = {"a": [], "b": []}
 
     def model(name):
         def call(x):
             if last[0] != name:
                 time.sleep(0.002)
             last[0] = name
+            seen[name].append((x.data_ptr(), len(x)))
         return call
 
-    result = time_callables({"a": model("a"), "b": model("b")}, torch.randn(4, 1, 28, 28),
-                            batches=(1,), latency_repeats=45, throughput_repeats=1, warmup=1)
+    result = time_callables({"a": model("a"), "b": model("b")}, torch.randn(16, 1, 28, 28),
+                            batches=(1, 4), latency_repeats=45, throughput_repeats=12, warmup=1)
     for name in ("a", "b"):
         assert result[name]["latency_batch1_p90_ms"] < 1.0
+        assert result[name]["throughput_per_s"][4] > 4 / 1e-3  # the median call took < 1 ms
+        timed = [c for c in seen[name] if c[1] == 4][2:]  # after warm-up and the first untimed
+        assert all(x != y for x, y in zip(timed, timed[1:]))
+        assert len(set(timed)) == 4  # all 4 batches of 4 were used
 
 
 def test_run_with_onnx_bench_and_export(idx_dir, tmp_path, capsys):

@@ -1,13 +1,14 @@
 """What a model costs to run: parameters, multiply-adds, memory, latency and throughput, in
 eager PyTorch, ONNX Runtime and int8.
 
-Timings rotate among every (model, runtime) pair, so machine noise hits them alike: batch-1
-latency in blocks of consecutive calls (steady state), throughput call by call. Each uses
-warm-up calls and many repeats and reports medians (latency also p90).
+Every call is timed in steady state, in blocks of consecutive calls of one (model, runtime)
+pair over distinct batches of real inputs, the blocks rotating among the pairs so that machine
+noise hits them alike. Warm-up calls first, many repeats, medians (latency also p90).
 """
 from __future__ import annotations
 
 import copy
+import itertools
 import statistics
 import time
 import weakref
@@ -74,67 +75,87 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-LATENCY_BLOCK = 20  # consecutive timed batch-1 calls of one function
+LATENCY_BLOCK = 20    # consecutive timed batch-1 calls of one function
+THROUGHPUT_BLOCK = 5  # consecutive timed calls of one function at a larger batch size
 
 
-def time_callables(fns: dict[str, Callable[[torch.Tensor], Any]], example: torch.Tensor, *,
+def time_blocks(fns: dict[str, Callable[[torch.Tensor], Any]], inputs: list[torch.Tensor],
+                block: int, enough: Callable[[list[float]], bool]) -> dict[str, list[float]]:
+    """Seconds per timed call of each function: blocks of up to ``block`` consecutive calls of
+    one function, each block after one untimed call, the blocks rotating among the functions
+    until ``enough`` holds for every function's times. Each function's calls cycle through
+    ``inputs`` in the same order, so its consecutive calls see different data, as a server's do."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    cycles = {name: itertools.cycle(inputs) for name in fns}
+    while not all(enough(spent) for spent in times.values()):
+        for name, fn in fns.items():
+            spent = times[name]
+            if enough(spent):
+                continue
+            fn(next(cycles[name]))  # refills the caches the other functions' calls emptied
+            for _ in range(block):
+                if enough(spent):
+                    break
+                x = next(cycles[name])
+                start = time.perf_counter()
+                fn(x)
+                spent.append(time.perf_counter() - start)
+    return times
+
+
+def time_callables(fns: dict[str, Callable[[torch.Tensor], Any]], examples: torch.Tensor, *,
                    batches: tuple[int, ...] = (1, 64, 1024), latency_repeats: int = 200,
                    throughput_repeats: int = 10, throughput_seconds: float = 1.0,
                    warmup: int = 20) -> dict[str, dict]:
     """Batch-1 latency (p50, p90 in ms) and throughput (images/s) at each batch size.
 
-    ``example`` is a batch of real inputs, tiled up to the largest batch size; every function
-    is called on the same inputs. Batch-1 latency runs with one torch thread (a batch of one
-    does not use more), in blocks of ``LATENCY_BLOCK`` timed calls of one function after an
-    untimed one, the blocks rotating among the functions: each call is timed in the steady
-    state of a server answering a stream of requests, and machine noise falls on all alike.
-    (Single calls in rotation time each model with its weights evicted by the others': the
-    spec's student then reads 41 instead of 27 µs.) Throughput is the median of up to
-    ``throughput_repeats`` calls per batch size; a call stops being repeated once it has run
-    3 times and ``throughput_seconds`` in all (slow ones: an int8 conv at batch 1024). On a GPU
-    each call is timed to its end (the device is synchronised).
+    ``examples`` are real inputs (tiled when fewer than the largest batch size), cut into
+    consecutive batches of each size; every function sees the same batches. Every call is
+    timed in the steady state of a server answering a stream of requests: in blocks of
+    consecutive calls of one function, each block after an untimed call, the blocks rotating
+    among the functions so that machine noise falls on all alike (:func:`time_blocks`).
+    Single calls in rotation would time each model just after another had emptied the caches
+    and woken other threads: the spec's student then reads 41 instead of 27 µs at batch 1
+    (``benchmarks/timing_method.py``).
+
+    Batch-1 latency runs with one torch thread (a batch of one does not use more), in blocks
+    of ``LATENCY_BLOCK`` calls. Throughput, with all threads, is the median of up to
+    ``throughput_repeats`` calls per batch size in blocks of ``THROUGHPUT_BLOCK``; a function
+    stops being timed at a batch size once it has run 3 times and ``throughput_seconds`` in
+    all (slow ones: an int8 conv at batch 1024). On a GPU each call is timed to its end (the
+    device is synchronised).
     """
-    device = example.device
+    device = examples.device
     if device.type != "cpu":
         fns = {name: (lambda f: lambda x: (f(x), synchronize(device)))(fn)
                for name, fn in fns.items()}
-    reps = -(-max(batches) // len(example))
-    tiled = example.repeat(reps, *[1] * (example.dim() - 1))
-    inputs = {b: tiled[:b].contiguous() for b in batches}
-    one = example[:1].contiguous()
+    reps = -(-max(batches) // len(examples))
+    pool = examples.repeat(reps, *[1] * (examples.dim() - 1))
+    inputs = {b: [pool[i:i + b] for i in range(0, len(pool) - b + 1, b)] for b in batches}
     with torch.inference_mode():
         for _ in range(warmup):
             for fn in fns.values():
-                fn(one)
-        for x in inputs.values():
+                fn(pool[:1])
+        for batch in inputs.values():
             for fn in fns.values():
-                fn(x)
-        latency: dict[str, list[float]] = {n: [] for n in fns}
+                fn(batch[0])
         threads = torch.get_num_threads()
         torch.set_num_threads(1)  # batch-1 latency single-threaded for every runtime
         try:
-            for _ in range(-(-latency_repeats // LATENCY_BLOCK)):
-                for name, fn in fns.items():
-                    fn(one)  # refills the caches the other functions' calls emptied
-                    for _ in range(min(LATENCY_BLOCK, latency_repeats - len(latency[name]))):
-                        start = time.perf_counter()
-                        fn(one)
-                        latency[name].append(time.perf_counter() - start)
+            latency = time_blocks(fns, [pool[i:i + 1] for i in range(len(pool))], LATENCY_BLOCK,
+                                  lambda spent: len(spent) >= latency_repeats)
         finally:
             torch.set_num_threads(threads)
-        seconds: dict[str, dict[int, list[float]]] = {n: {b: [] for b in batches} for n in fns}
-        for _ in range(throughput_repeats):
-            for b, x in inputs.items():
-                for name, fn in fns.items():
-                    spent = seconds[name][b]
-                    if len(spent) >= 3 and sum(spent) >= throughput_seconds:
-                        continue
-                    start = time.perf_counter()
-                    fn(x)
-                    spent.append(time.perf_counter() - start)
+
+        def enough(spent: list[float]) -> bool:
+            return len(spent) >= throughput_repeats or (
+                len(spent) >= 3 and sum(spent) >= throughput_seconds)
+
+        seconds = {b: time_blocks(fns, inputs[b], THROUGHPUT_BLOCK, enough) for b in batches}
     return {name: {"latency_batch1_ms": statistics.median(latency[name]) * 1e3,
                    "latency_batch1_p90_ms": _percentile(latency[name], 0.9) * 1e3,
-                   "throughput_per_s": {b: b / statistics.median(seconds[name][b]) for b in batches}}
+                   "throughput_per_s": {b: b / statistics.median(seconds[b][name])
+                                        for b in batches}}
             for name in fns}
 
 
@@ -166,6 +187,7 @@ def deployment_bench(models: dict[str, nn.Module], test: Images, out_dir: Path, 
     from .export import export_onnx, ort_logits, ort_session, parity, quantize_int8
 
     example = test.inputs(slice(0, min(len(test), max(batches))))
+    examples = test.inputs(slice(0, len(test)))  # timings cycle through the whole test set
     test_cpu = test.to("cpu")
     fns: dict[torch.device, dict[str, Callable[[torch.Tensor], Any]]] = {example.device: {}}
     cpu = fns.setdefault(torch.device("cpu"), {})
@@ -200,7 +222,7 @@ def deployment_bench(models: dict[str, nn.Module], test: Images, out_dir: Path, 
     timings = {}
     for device, group in fns.items():
         if group:
-            timings.update(time_callables(group, example.to(device), batches=batches,
+            timings.update(time_callables(group, examples.to(device), batches=batches,
                                           latency_repeats=latency_repeats,
                                           throughput_repeats=throughput_repeats))
     for key, numbers in timings.items():

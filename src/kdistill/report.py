@@ -186,8 +186,8 @@ def render(metrics: dict, plots: dict[str, str] | None = None) -> str:
     out += ["## Size and cost, stated plainly", "", *_honesty(metrics), ""]
     inf = metrics.get("inference", {})
     if inf:
-        out += ["Timings: median of repeated calls after warm-up, models in rotation "
-                "(batch-1 latency in blocks of consecutive calls), "
+        out += ["Timings: median of repeated calls after warm-up, in blocks of consecutive "
+                "calls of one model over distinct test batches, the blocks in rotation, "
                 f"{env.get('threads')} threads (batch-1 latency: 1) on "
                 f"{env.get('cpu') or env.get('device')}.", ""]
     out += ["## Accuracy per epoch", "", _history_table(metrics), "", *_image(plots, "accuracy")]
