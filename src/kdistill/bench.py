@@ -115,8 +115,8 @@ def time_callables(fns: dict[str, Callable[[torch.Tensor], Any]], examples: torc
     consecutive calls of one function, each block after an untimed call, the blocks rotating
     among the functions so that machine noise falls on all alike (:func:`time_blocks`).
     Single calls in rotation would time each model just after another had emptied the caches
-    and woken other threads: the spec's student then reads 41 instead of 27 µs at batch 1
-    (``benchmarks/timing_method.py``).
+    and let other threads sleep: the spec's student then reads 34 instead of 21 µs at batch 1
+    and a sixth fewer images/s at batch 1024 (``benchmarks/timing_method.py``).
 
     Batch-1 latency runs with one torch thread (a batch of one does not use more), in blocks
     of ``LATENCY_BLOCK`` calls. Throughput, with all threads, is the median of up to
