@@ -1,4 +1,7 @@
+from pathlib import Path
+
 import pytest
+from pydantic import BaseModel
 
 from kdistill.config import RunConfig, apply_overrides, list_presets, load_config, to_yaml
 from kdistill.errors import ConfigError
@@ -14,6 +17,22 @@ def test_seed_preset_is_the_spec_recipe():
     assert (cfg.distill.loss, cfg.distill.temperature, cfg.distill.alpha) == ("kl", 1.0, 1.0)
     assert cfg.control is True
     assert "seed" in list_presets()
+
+
+def _keys(model: type[BaseModel], prefix: str = ""):
+    for name, field in model.model_fields.items():
+        if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+            yield from _keys(field.annotation, f"{prefix}{name}.")
+        else:
+            yield prefix + name
+
+
+def test_every_config_key_has_a_row_in_the_readme():
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    reference = readme[readme.index("## Config reference"):readme.index("## Run directory")]
+    rows = [line for line in reference.splitlines() if line.startswith("| `")]
+    missing = [key for key in _keys(RunConfig) if not any(f"`{key}`" in row for row in rows)]
+    assert not missing
 
 
 def test_every_documented_key_can_be_overridden(tmp_path):
