@@ -186,8 +186,8 @@ def deployment_bench(models: dict[str, nn.Module], test: Images, out_dir: Path, 
     """
     from .export import export_onnx, ort_logits, ort_session, parity, quantize_int8
 
-    example = test.inputs(slice(0, min(len(test), max(batches))))
     examples = test.inputs(slice(0, len(test)))  # timings cycle through the whole test set
+    example = examples[:max(batches)]  # one batch of the largest size: MACs, memory, export
     test_cpu = test.to("cpu")
     fns: dict[torch.device, dict[str, Callable[[torch.Tensor], Any]]] = {example.device: {}}
     cpu = fns.setdefault(torch.device("cpu"), {})
