@@ -6,8 +6,9 @@ Used by ``pipeline.py`` as the baseline kdistill is timed against. torchvision d
 beside this torch, so ``PerSample`` repeats what ``torchvision.datasets.MNIST`` with
 ``Compose([ToTensor(), Normalize((0.5,), (0.5,))])`` does for each image: a PIL image from the
 uint8 array, ``ToTensor``'s copy, view, permute and division, ``Normalize``'s checks and
-in-place arithmetic, as torchvision's source does them. About 52 µs an image here; up to commit
-3a55687 a shortcut with the same arithmetic but none of those steps took 13 µs.
+in-place arithmetic, as torchvision's source does them: 52–74 µs an image here, where the
+shortcut of commit 3a55687 and earlier (the same arithmetic, none of those steps) took 13–16 µs
+(the timing command is in the README's Speed section).
 """
 from __future__ import annotations
 

@@ -51,7 +51,8 @@ class MLP(nn.Module):
         for i, (n_in, n_out) in enumerate(zip(self.sizes, self.sizes[1:]), start=1):
             self.add_module(f"fc{i}", nn.Linear(n_in, n_out))
         # A plain tuple (not registered again) for the forward pass: looking each layer up by
-        # name and calling no-op modules cost the 784-128-10 student 18 % of its batch-1 latency.
+        # name and calling no-op modules cost the 784-128-10 student a quarter of its batch-1
+        # latency (28.5 against 21.6 µs, benchmarks/timing_method.py).
         self._layers = tuple(getattr(self, f"fc{i}") for i in range(1, len(self.sizes)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
