@@ -24,7 +24,7 @@ import torch
 
 from kdistill.bench import LATENCY_BLOCK, THROUGHPUT_BLOCK, time_blocks
 from kdistill.errors import KdistillError
-from kdistill.export import ort_session
+from kdistill.export import ort_call, ort_session
 from kdistill.pipeline import load_run
 
 
@@ -48,24 +48,26 @@ def main() -> None:
     block, rounds = (LATENCY_BLOCK, 50) if b == 1 else (THROUGHPUT_BLOCK, 8)
     pool = test.inputs(slice(0, len(test)))
     batches = [pool[i:i + b] for i in range(0, len(pool) - b + 1, b)]
-    fns = {}
+    fns, inputs = {}, {}
     for role in ("teacher", "student"):
-        session = ort_session(run_dir / f"{role}.onnx")
         fns[f"{role} eager"] = models[role].eval()
-        fns[f"{role} onnx"] = lambda x, session=session: session.run(None, {"images": x.numpy()})
+        fns[f"{role} onnx"] = ort_call(ort_session(run_dir / f"{role}.onnx"))
+        inputs[f"{role} eager"] = batches
+        inputs[f"{role} onnx"] = [x.numpy() for x in batches]
     rotation: dict[str, list[float]] = {name: [] for name in fns}
     blocks: dict[str, list[float]] = {name: [] for name in fns}
     with torch.inference_mode():
-        for fn in fns.values():
-            for x in batches[:3]:
+        for name, fn in fns.items():
+            for x in inputs[name][:3]:
                 fn(x)
         for _ in range(rounds):
             for _ in range(block):
                 for name, fn in fns.items():
+                    x = inputs[name][0]
                     start = time.perf_counter()
-                    fn(batches[0])
+                    fn(x)
                     rotation[name].append(time.perf_counter() - start)
-            for name, times in time_blocks(fns, batches, block,
+            for name, times in time_blocks(fns, inputs, block,
                                            lambda spent: len(spent) >= block).items():
                 blocks[name].extend(times)
     for method, times in (("rotation", rotation), ("blocks", blocks)):

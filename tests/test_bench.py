@@ -78,3 +78,22 @@ def test_run_with_onnx_bench_and_export(idx_dir, tmp_path, capsys):
     again = json.loads((out / "metrics.json").read_text())
     assert set(again["deployment"]["student"]["runtimes"]) == {"eager"}
     assert again["inference"]["student"]["latency_batch1_ms"] > 0
+
+
+def test_inputs_are_converted_before_timing():
+    """A function with a conversion (ONNX Runtime's numpy arrays) gets the same images in its
+    own type, and the conversion (here a 2 ms sleep) is never timed."""
+    seen = []
+
+    def to_list(x):
+        time.sleep(0.002)
+        return x.tolist()
+
+    result = time_callables({"plain": lambda x: x.sum(), "listed": seen.append},
+                            torch.arange(16.0).view(16, 1, 1, 1), batches=(1, 4),
+                            latency_repeats=20, throughput_repeats=3, warmup=1,
+                            convert={"listed": to_list})
+    assert result["listed"]["latency_batch1_p90_ms"] < 1.0
+    assert result["listed"]["throughput_per_s"][4] > 4 / 1e-3
+    assert all(isinstance(x, list) for x in seen)
+    assert {x[0][0][0][0] for x in seen if len(x) == 1} == {float(i) for i in range(16)}

@@ -79,14 +79,15 @@ LATENCY_BLOCK = 20    # consecutive timed batch-1 calls of one function
 THROUGHPUT_BLOCK = 5  # consecutive timed calls of one function at a larger batch size
 
 
-def time_blocks(fns: dict[str, Callable[[torch.Tensor], Any]], inputs: list[torch.Tensor],
+def time_blocks(fns: dict[str, Callable[[Any], Any]], inputs: dict[str, list],
                 block: int, enough: Callable[[list[float]], bool]) -> dict[str, list[float]]:
     """Seconds per timed call of each function: blocks of up to ``block`` consecutive calls of
     one function, each block after one untimed call, the blocks rotating among the functions
-    until ``enough`` holds for every function's times. Each function's calls cycle through
-    ``inputs`` in the same order, so its consecutive calls see different data, as a server's do."""
+    until ``enough`` holds for every function's times. Each function's calls cycle through its
+    ``inputs`` (the same data for all, each in its function's array type), so its consecutive
+    calls see different data, as a server's do."""
     times: dict[str, list[float]] = {name: [] for name in fns}
-    cycles = {name: itertools.cycle(inputs) for name in fns}
+    cycles = {name: itertools.cycle(inputs[name]) for name in fns}
     while not all(enough(spent) for spent in times.values()):
         for name, fn in fns.items():
             spent = times[name]
@@ -103,14 +104,18 @@ def time_blocks(fns: dict[str, Callable[[torch.Tensor], Any]], inputs: list[torc
     return times
 
 
-def time_callables(fns: dict[str, Callable[[torch.Tensor], Any]], examples: torch.Tensor, *,
+def time_callables(fns: dict[str, Callable[[Any], Any]], examples: torch.Tensor, *,
                    batches: tuple[int, ...] = (1, 64, 1024), latency_repeats: int = 200,
                    throughput_repeats: int = 10, throughput_seconds: float = 1.0,
-                   warmup: int = 20) -> dict[str, dict]:
+                   warmup: int = 20,
+                   convert: dict[str, Callable[[torch.Tensor], Any]] | None = None
+                   ) -> dict[str, dict]:
     """Batch-1 latency (p50, p90 in ms) and throughput (images/s) at each batch size.
 
     ``examples`` are real inputs (tiled when fewer than the largest batch size), cut into
-    consecutive batches of each size; every function sees the same batches. Every call is
+    consecutive batches of each size; every function sees the same batches, in its own array
+    type where ``convert`` names a conversion for it (ONNX Runtime takes numpy arrays),
+    converted before any timing, as a server's request decoder would produce. Every call is
     timed in the steady state of a server answering a stream of requests: in blocks of
     consecutive calls of one function, each block after an untimed call, the blocks rotating
     among the functions so that machine noise falls on all alike (:func:`time_blocks`).
@@ -131,18 +136,25 @@ def time_callables(fns: dict[str, Callable[[torch.Tensor], Any]], examples: torc
                for name, fn in fns.items()}
     reps = -(-max(batches) // len(examples))
     pool = examples.repeat(reps, *[1] * (examples.dim() - 1))
-    inputs = {b: [pool[i:i + b] for i in range(0, len(pool) - b + 1, b)] for b in batches}
+    convert = convert or {}
+
+    def batches_of(size: int) -> dict[str, list]:
+        cut = [pool[i:i + size] for i in range(0, len(pool) - size + 1, size)]
+        return {name: [convert[name](x) for x in cut] if name in convert else cut
+                for name in fns}
+
+    inputs = {b: batches_of(b) for b in (1, *batches)}
     with torch.inference_mode():
         for _ in range(warmup):
-            for fn in fns.values():
-                fn(pool[:1])
+            for name, fn in fns.items():
+                fn(inputs[1][name][0])
         for batch in inputs.values():
-            for fn in fns.values():
-                fn(batch[0])
+            for name, fn in fns.items():
+                fn(batch[name][0])
         threads = torch.get_num_threads()
         torch.set_num_threads(1)  # batch-1 latency single-threaded for every runtime
         try:
-            latency = time_blocks(fns, [pool[i:i + 1] for i in range(len(pool))], LATENCY_BLOCK,
+            latency = time_blocks(fns, inputs[1], LATENCY_BLOCK,
                                   lambda spent: len(spent) >= latency_repeats)
         finally:
             torch.set_num_threads(threads)
@@ -159,12 +171,14 @@ def time_callables(fns: dict[str, Callable[[torch.Tensor], Any]], examples: torc
             for name in fns}
 
 
-def _ort_runner(session, single_thread_session) -> Callable[[torch.Tensor], Any]:
+def _ort_runner(session, single_thread_session) -> Callable[[np.ndarray], np.ndarray]:
     """Run a batch on ONNX Runtime: a batch of one on a one-thread session, as a server answering
     one request per core would (waking a second thread costs more than it saves on such a
     small graph), larger batches on ``session`` with torch's thread count."""
-    return lambda x: (single_thread_session if len(x) == 1 else session).run(
-        None, {"images": x.numpy()})
+    from .export import ort_call
+
+    single, batched = ort_call(single_thread_session), ort_call(session)
+    return lambda x: (single if len(x) == 1 else batched)(x)
 
 
 def _accuracy(logits: np.ndarray, data: Images) -> float:
@@ -189,8 +203,9 @@ def deployment_bench(models: dict[str, nn.Module], test: Images, out_dir: Path, 
     examples = test.inputs(slice(0, len(test)))  # timings cycle through the whole test set
     example = examples[:max(batches)]  # one batch of the largest size: MACs, memory, export
     test_cpu = test.to("cpu")
-    fns: dict[torch.device, dict[str, Callable[[torch.Tensor], Any]]] = {example.device: {}}
+    fns: dict[torch.device, dict[str, Callable[[Any], Any]]] = {example.device: {}}
     cpu = fns.setdefault(torch.device("cpu"), {})
+    ort_runs: set[str] = set()  # the functions that take numpy arrays
     result: dict[str, dict] = {}
     for role, model in models.items():
         model.eval()
@@ -216,15 +231,17 @@ def deployment_bench(models: dict[str, nn.Module], test: Images, out_dir: Path, 
                                          "test_accuracy": _accuracy(ort_logits(int8, test_cpu), test_cpu)}
             entry["runtimes"]["int8"]["accuracy_delta"] = (
                 entry["runtimes"]["int8"]["test_accuracy"] - eager_accuracy)
+            ort_runs |= {f"{role}/onnx", f"{role}/int8"}
             cpu[f"{role}/onnx"] = _ort_runner(session, ort_session(path, threads=1))
             cpu[f"{role}/int8"] = _ort_runner(int8, ort_session(int8_path, threads=1))
         result[role] = entry
     timings = {}
     for device, group in fns.items():
         if group:
-            timings.update(time_callables(group, examples.to(device), batches=batches,
-                                          latency_repeats=latency_repeats,
-                                          throughput_repeats=throughput_repeats))
+            timings.update(time_callables(
+                group, examples.to(device), batches=batches, latency_repeats=latency_repeats,
+                throughput_repeats=throughput_repeats,
+                convert=dict.fromkeys(ort_runs, torch.Tensor.numpy)))
     for key, numbers in timings.items():
         role, runtime = key.split("/")
         result[role]["runtimes"][runtime].update(numbers)
