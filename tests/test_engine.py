@@ -2,6 +2,7 @@ import torch
 from torch import nn
 
 from kdistill.data import load_dataset
+from kdistill.data.datasets import rows
 from kdistill.engine import Distiller, Images, evaluate, fit, micro_slices, predict_logits
 from kdistill.models import create_model
 
@@ -109,3 +110,11 @@ def test_evaluate_confusion_and_per_class():
     assert result["accuracy"] == 3 / 5
     assert result["confusion"] == [[1, 1, 0], [0, 1, 1], [0, 0, 1]]
     assert result["per_class_accuracy"] == [0.5, 0.5, 1.0]
+
+
+def test_rows_matches_indexing():
+    """The fast row gather used for every batch is plain ``tensor[index]`` in value."""
+    images = torch.randint(0, 256, (50, 28, 28), dtype=torch.uint8)
+    for index in (torch.randperm(50)[:17], torch.randperm(50, dtype=torch.int32)[:5],
+                  torch.arange(50) % 3 == 0, slice(4, 9), torch.tensor([2, 2, 7])):
+        assert torch.equal(rows(images, index), images[index])

@@ -27,7 +27,7 @@ from .device import autocast
 from .checkpoint import load_train_state, save_train_state
 from .cuda_graph import GraphedStep
 from .data.augment import Augment
-from .data.datasets import batch_indices, normalize
+from .data.datasets import batch_indices, normalize, rows
 from .errors import KdistillError
 from .losses import bind_loss
 
@@ -45,7 +45,7 @@ class Images:
         return len(self.labels)
 
     def inputs(self, index: torch.Tensor | slice) -> torch.Tensor:
-        return normalize(self.images[index], self.mean, self.std)
+        return normalize(rows(self.images, index), self.mean, self.std)
 
     def rank_slice(self) -> slice:
         """This process's contiguous share of the examples (all of them outside torchrun)."""
@@ -53,7 +53,7 @@ class Images:
         return slice(rank * len(self) // world, (rank + 1) * len(self) // world)
 
     def subset(self, index: torch.Tensor | slice) -> "Images":
-        return Images(self.images[index], self.labels[index], self.mean, self.std)
+        return Images(rows(self.images, index), rows(self.labels, index), self.mean, self.std)
 
     def to(self, device: torch.device | str) -> "Images":
         """The same split held on ``device`` (moved once; batches are then cut there)."""
@@ -111,7 +111,7 @@ class Distiller(nn.Module):
             return logits, {"ce": F.cross_entropy(logits, y)}
         if self.teacher_logits is not None:
             table = self.teacher_logits
-            teacher_logits = table[index] if view is None else table[view, index]
+            teacher_logits = rows(table, index) if view is None else table[view, index]
         else:
             with torch.no_grad():
                 teacher_logits = self.teacher(x)
@@ -210,14 +210,14 @@ def fit(distiller: Distiller, train: Images, *, epochs: int, batch_size: int, lr
         """One optimisation step on the examples ``index``: [loss, *terms], detached."""
         view = None
         if shifts is not None:
-            pixels, view = augment.apply_shifts(train.images[index], shifts)
+            pixels, view = augment.apply_shifts(rows(train.images, index), shifts)
             x = normalize(pixels, train.mean, train.std)
         elif augment:
-            pixels, view = augment(train.images[index], generator)
+            pixels, view = augment(rows(train.images, index), generator)
             x = normalize(pixels, train.mean, train.std)
         else:
             x = train.inputs(index)
-        y = train.labels[index]
+        y = rows(train.labels, index)
         opt.zero_grad(set_to_none=True)
         logged: torch.Tensor | None = None
         parts = micro_slices(len(index), micro_batches)
