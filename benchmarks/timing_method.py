@@ -10,6 +10,12 @@ files), the two methods alternating round by round so that both see the same mac
 
     python benchmarks/timing_method.py RUN_DIR                # batch-1 latency, one thread
     python benchmarks/timing_method.py RUN_DIR --batch 1024   # throughput, all threads
+    python benchmarks/timing_method.py RUN_DIR --batch 1024 --glibc-defaults
+
+Both methods keep freed memory for reuse as the bench does (`kdistill.bench.reused_memory`);
+`--glibc-defaults` times them with glibc's default allocator settings instead, under which a
+block over 32 MB (the teacher's batch-1024 activation) is mapped afresh, page by page, on
+every call of a process whose heap holds no free block that large.
 
 RUN_DIR is e.g. runs/seed after `kdistill run --out runs/seed`. Prints each method's median
 time per call (µs) or images/s, and the student/teacher and ONNX/eager ratios.
@@ -17,12 +23,13 @@ time per call (µs) or images/s, and the student/teacher and ONNX/eager ratios.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import time
 
 import torch
 
-from kdistill.bench import LATENCY_BLOCK, THROUGHPUT_BLOCK, time_blocks
+from kdistill.bench import LATENCY_BLOCK, THROUGHPUT_BLOCK, reused_memory, time_blocks
 from kdistill.errors import KdistillError
 from kdistill.export import ort_call, ort_session
 from kdistill.pipeline import load_run
@@ -32,6 +39,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", help="a finished run with its exported .onnx files")
     parser.add_argument("--batch", type=int, default=1, help="batch size (default 1)")
+    parser.add_argument("--glibc-defaults", action="store_true",
+                        help="time with glibc's default allocator settings, not the bench's")
     args = parser.parse_args()
     try:
         run_dir, _, _, test, models = load_run(args.run_dir)
@@ -56,7 +65,8 @@ def main() -> None:
         inputs[f"{role} onnx"] = [x.numpy() for x in batches]
     rotation: dict[str, list[float]] = {name: [] for name in fns}
     blocks: dict[str, list[float]] = {name: [] for name in fns}
-    with torch.inference_mode():
+    allocator = contextlib.nullcontext() if args.glibc_defaults else reused_memory()
+    with torch.inference_mode(), allocator:
         for name, fn in fns.items():
             for x in inputs[name][:3]:
                 fn(x)

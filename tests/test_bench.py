@@ -1,7 +1,10 @@
 """Deployment measurements: ONNX parity, int8, steady-state timing, memory, and the CLI."""
 import json
+import subprocess
+import sys
 import time
 
+import pytest
 import torch
 from torch import nn
 
@@ -97,3 +100,36 @@ def test_inputs_are_converted_before_timing():
     assert result["listed"]["throughput_per_s"][4] > 4 / 1e-3
     assert all(isinstance(x, list) for x in seen)
     assert {x[0][0][0][0] for x in seen if len(x) == 1} == {float(i) for i in range(16)}
+
+
+REPEATED_BLOCK = """
+import resource, sys, torch
+from kdistill.bench import reused_memory
+
+def faults_of_last_blocks():  # 60 MB blocks, one after another; the heap settles in 3
+    faults = []
+    for _ in range(6):
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        torch.empty(60 << 20, dtype=torch.uint8).fill_(1)
+        faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    return sum(faults[3:])
+
+if sys.argv[1] == "reused":
+    with reused_memory():
+        print(faults_of_last_blocks())
+else:
+    print(faults_of_last_blocks())
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
+def test_timing_reuses_large_blocks():
+    """Under glibc's defaults a fresh process maps every 60 MB block afresh (15,360 page faults
+    each); while the bench times, blocks reuse the pages of those freed before."""
+    def faults(mode: str) -> int:
+        out = subprocess.run([sys.executable, "-c", REPEATED_BLOCK, mode], check=True,
+                             capture_output=True, text=True).stdout
+        return int(out)
+
+    assert faults("default") > 3 * 15_000
+    assert faults("reused") < 100
