@@ -1,14 +1,18 @@
 """Seconds per training epoch against training-set size, batch size and thread count, for the
 spec's teacher (cross-entropy) and student (KL on cached teacher logits).
 
-    python benchmarks/scaling.py
+    python benchmarks/scaling.py [--repeats 3]
 
-Writes ``benchmarks/results/scaling.json`` and prints a markdown table.
+Each cell is the median of ``--repeats`` epochs, measured in rounds over the whole grid so that
+a noisy stretch of the machine does not fall on one cell alone. Writes
+``benchmarks/results/scaling.json`` (every epoch's time) and prints a markdown table.
 """
 from __future__ import annotations
 
+import argparse
 import itertools
 import json
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -34,15 +38,24 @@ def epoch_seconds(role: str, train: Images, batch: int) -> float:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3, help="epochs per cell (default 3)")
+    repeats = parser.parse_args().repeats
     ds = kdistill.load_dataset("mnist")
-    rows = []
-    for threads, size, batch in itertools.product(THREADS, SIZES, BATCHES):
-        torch.set_num_threads(threads)
-        train = Images(ds.train_images[:size], ds.train_labels[:size])
-        row = {"threads": threads, "train_size": size, "batch_size": batch,
-               **{f"{r}_seconds": epoch_seconds(r, train, batch) for r in ("teacher", "student")}}
-        rows.append(row)
-        print(json.dumps(row), file=sys.stderr)
+    cells = list(itertools.product(THREADS, SIZES, BATCHES))
+    times: dict[tuple, dict[str, list[float]]] = {c: {"teacher": [], "student": []} for c in cells}
+    for round_ in range(repeats):
+        for cell in cells:
+            threads, size, batch = cell
+            torch.set_num_threads(threads)
+            train = Images(ds.train_images[:size], ds.train_labels[:size])
+            for role, spent in times[cell].items():
+                spent.append(epoch_seconds(role, train, batch))
+            print(f"round {round_ + 1}", json.dumps({"cell": cell, **times[cell]}), file=sys.stderr)
+    rows = [{"threads": t, "train_size": n, "batch_size": b,
+             **{f"{role}_seconds": statistics.median(spent) for role, spent in times[t, n, b].items()},
+             **{f"{role}_all_seconds": spent for role, spent in times[t, n, b].items()}}
+            for t, n, b in cells]
     out = Path(__file__).parent / "results" / "scaling.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out, {"machine": environment(), "rows": rows})

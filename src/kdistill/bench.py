@@ -4,19 +4,17 @@ eager PyTorch, ONNX Runtime and int8.
 Every call is timed in steady state, in blocks of consecutive calls of one (model, runtime)
 pair over distinct batches of real inputs, the blocks rotating among the pairs so that machine
 noise hits them alike. Warm-up calls first, many repeats, medians (latency also p90). Freed
-memory stays in the process while timing (:func:`reused_memory`).
+memory stays in the process while timing (:func:`kdistill.device.reused_memory`).
 """
 from __future__ import annotations
 
-import contextlib
 import copy
-import ctypes
 import itertools
 import statistics
 import time
 import weakref
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -25,7 +23,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 from torch.utils.flop_counter import FlopCounterMode
 
-from .device import synchronize
+from .device import reused_memory, synchronize
 from .engine import Images, predict_logits
 from .models import count_params
 
@@ -76,37 +74,6 @@ def describe_model(model: nn.Module, example: torch.Tensor) -> dict[str, int]:
 def _percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-
-@contextlib.contextmanager
-def reused_memory() -> Iterator[None]:
-    """Keep freed memory in the process, for reuse, while timing (glibc; elsewhere a no-op).
-
-    glibc serves a large block from its heap only if a free one is there, and else maps fresh
-    pages, returning them to the OS when the block is freed. So eager PyTorch's cost for the
-    spec teacher's 52 MB batch-1024 activation depended on the process's history: 12,800 page
-    faults on every call, a third of the speed, in a fresh ``kdistill bench`` process, none at
-    the end of a ``kdistill run`` whose heap had grown (``benchmarks/timing_method.py RUN_DIR
-    --batch 1024 --glibc-defaults``). With mmap off and the heap kept, every process times the
-    models' steady state, as servers get with jemalloc, tcmalloc or ``MALLOC_MMAP_MAX_=0``
-    (ONNX Runtime keeps its own arena). Afterwards the defaults come back and the kept memory
-    goes back to the OS.
-    """
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        mallopt, malloc_trim = libc.mallopt, libc.malloc_trim
-    except (OSError, AttributeError):  # not glibc
-        yield
-        return
-    m_trim_threshold, m_mmap_max = -1, -4  # glibc's <malloc.h>
-    mallopt(m_mmap_max, 0)
-    mallopt(m_trim_threshold, 1 << 30)
-    try:
-        yield
-    finally:
-        mallopt(m_mmap_max, 65536)
-        mallopt(m_trim_threshold, 128 * 1024)
-        malloc_trim(0)
 
 
 LATENCY_BLOCK = 20    # consecutive timed batch-1 calls of one function
