@@ -21,6 +21,14 @@ def test_peak_memory_counts_live_activations():
     assert 2 * 50 * 1000 * 4 <= peak <= 3 * 50 * 1000 * 4 + 50 * 10 * 4
 
 
+def test_peak_memory_skips_views_of_the_input():
+    """A batch cut from a large tensor, flattened (a view), allocates only the layer's output;
+    the storage the batch shares with the whole set is not the forward pass's memory."""
+    whole = torch.zeros(10_000, 1, 28, 28)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 10))
+    assert peak_memory(model, whole[:64]) == 64 * 10 * 4
+
+
 def test_time_callables_reports_every_batch_size():
     slow = nn.Linear(784, 4096)
     fast = nn.Linear(784, 8)

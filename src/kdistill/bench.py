@@ -39,7 +39,9 @@ def count_macs(model: nn.Module, example: torch.Tensor) -> int:
 
 
 class _PeakTensorMemory(TorchDispatchMode):
-    """Tracks the bytes of live tensors created inside the mode; ``peak`` is their maximum."""
+    """Tracks the bytes of live tensors created inside the mode; ``peak`` is their maximum.
+    An output that shares the storage of an input (a view, an in-place result) allocated
+    nothing and is not counted."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -47,12 +49,17 @@ class _PeakTensorMemory(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
+        seen = {t.untyped_storage().data_ptr() for t in tree_leaves((args, kwargs))
+                if isinstance(t, torch.Tensor)}
         for tensor in tree_leaves(out):
-            if isinstance(tensor, torch.Tensor) and tensor._base is None:
-                size = tensor.untyped_storage().nbytes()
-                self.live += size
+            if isinstance(tensor, torch.Tensor):
+                storage = tensor.untyped_storage()
+                if storage.data_ptr() in seen:
+                    continue
+                seen.add(storage.data_ptr())
+                self.live += storage.nbytes()
                 self.peak = max(self.peak, self.live)
-                weakref.finalize(tensor, self._free, size)
+                weakref.finalize(tensor, self._free, storage.nbytes())
         return out
 
     def _free(self, size: int) -> None:
