@@ -187,8 +187,8 @@ def render(metrics: dict, plots: dict[str, str] | None = None) -> str:
     inf = metrics.get("inference", {})
     if inf:
         out += ["Timings: median of repeated calls after warm-up, in blocks of consecutive "
-                "calls of one model over distinct test batches, the blocks in rotation, "
-                f"{env.get('threads')} threads (batch-1 latency: 1) on "
+                "calls of one model over distinct test batches, the blocks in rotation, freed "
+                f"memory kept for reuse, {env.get('threads')} threads (batch-1 latency: 1) on "
                 f"{env.get('cpu') or env.get('device')}.", ""]
     out += ["## Accuracy per epoch", "", _history_table(metrics), "", *_image(plots, "accuracy")]
     out += deployment_table(metrics)
