@@ -41,6 +41,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3, help="epochs per cell (default 3)")
     repeats = parser.parse_args().repeats
+    if repeats < 1:
+        parser.error("--repeats must be at least 1")
     ds = kdistill.load_dataset("mnist")
     cells = list(itertools.product(THREADS, SIZES, BATCHES))
     times: dict[tuple, dict[str, list[float]]] = {c: {"teacher": [], "student": []} for c in cells}

@@ -77,10 +77,11 @@ def reused_memory() -> Iterator[None]:
     in again. The spec teacher's batch-1024 activation (52 MB) paid 12,800 page faults a call:
     its training epoch on 60,000 images took 5.7 against 2.8 s on one thread
     (``python benchmarks/scaling.py`` before and after), and its inference ran at a third of
-    its speed in a fresh process but at full speed at the end of a ``kdistill run``, whose heap
-    had grown (``benchmarks/timing_method.py RUN_DIR --batch 1024 --glibc-defaults``). Inside this block mmap is off and the heap is kept, as jemalloc or
-    tcmalloc would; PyTorch's GPU allocator caches the same way. On leaving the outermost
-    block glibc's defaults come back and the kept memory returns to the OS.
+    its speed in a fresh process but at full speed at the end of a ``kdistill run``, whose
+    heap had grown (``benchmarks/timing_method.py RUN_DIR --batch 1024 --glibc-defaults``).
+    Inside this block mmap is off and the heap is kept, as jemalloc or tcmalloc would keep it;
+    PyTorch's GPU allocator caches the same way. On leaving the outermost block glibc's
+    defaults come back and the kept memory returns to the OS. Usable as a decorator.
     """
     global _reusing
     try:
