@@ -85,10 +85,16 @@ def test_run_with_onnx_bench_and_export(idx_dir, tmp_path, capsys):
     assert main(["export", str(out), "--onnx"]) == 0
     printed = capsys.readouterr().out
     assert "control:" in printed and "identical test predictions: True" in printed
+    capsys.readouterr()
     assert main(["bench", str(out), "--no-onnx"]) == 0
+    printed = capsys.readouterr().out
+    assert "| distilled student | eager |" in printed and "| teacher | onnx |" not in printed
+    assert "The student is " in printed and "x the throughput at batch 64" in printed
     again = json.loads((out / "metrics.json").read_text())
     assert set(again["deployment"]["student"]["runtimes"]) == {"eager"}
     assert again["inference"]["student"]["latency_batch1_ms"] > 0
+    assert main(["bench", str(out), "--no-onnx", "--json"]) == 0
+    assert set(json.loads(capsys.readouterr().out)) == {"teacher", "student"}
 
 
 def test_inputs_are_converted_before_timing():

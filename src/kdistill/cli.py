@@ -29,7 +29,8 @@ HELP_EXAMPLES = {
     "info": "kdistill data info\n  kdistill data info --data-root /data/kd",
     "report": "kdistill report runs/seed-20250101-120000   # rewrites report.md, report.html, plots/",
     "bench": "kdistill bench runs/seed-20250101-120000            # eager, ONNX Runtime, int8\n"
-             "  kdistill bench runs/seed-20250101-120000 --no-onnx  # eager PyTorch only",
+             "  kdistill bench runs/seed-20250101-120000 --no-onnx  # eager PyTorch only\n"
+             "  kdistill bench runs/seed-20250101-120000 --json     # the measurements as JSON",
     "export": "kdistill export runs/seed-20250101-120000 --onnx   # writes <role>.onnx, checks parity",
     "runs": "kdistill runs              # the runs under runs/\n  kdistill runs /tmp/sweep",
     "presets": "kdistill presets\n  kdistill run --preset seed",
@@ -97,6 +98,7 @@ def _parser() -> argparse.ArgumentParser:
     b = _add(sub, "bench", "measure a run's teacher and student: latency, throughput, ONNX, int8")
     b.add_argument("run_dir", type=Path)
     b.add_argument("--no-onnx", action="store_true", help="time eager PyTorch only")
+    b.add_argument("--json", action="store_true", help="print the measurements as JSON")
     e = _add(sub, "export", "export a run's models to ONNX with a parity check")
     e.add_argument("run_dir", type=Path)
     e.add_argument("--onnx", action="store_true", required=True, help="export format (ONNX)")
@@ -291,8 +293,15 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "bench":
             from .pipeline import bench_run
 
+            from .report import deployment_table, speed_ratios
+
             metrics = bench_run(args.run_dir, onnx=not args.no_onnx)
-            print(json.dumps(metrics["deployment"], indent=2))
+            if args.json:
+                print(json.dumps(metrics["deployment"], indent=2))
+                return 0
+            print("\n".join(deployment_table(metrics)[2:]).rstrip())
+            print(f"The student is {speed_ratios(metrics)} (eager PyTorch).")
+            print(f"Saved in {args.run_dir / 'metrics.json'} and {args.run_dir / 'report.md'}.")
             return 0
         if args.command == "export":
             from .pipeline import export_run

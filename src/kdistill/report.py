@@ -92,13 +92,22 @@ def _honesty(metrics: dict) -> list[str]:
                      f"({s['params']:,} vs {t['params']:,}).")
     lines.append(f"- It needs {t['macs_per_sample'] / s['macs_per_sample']:.1f}x fewer "
                  f"multiply-adds per image ({s['macs_per_sample']:,} vs {t['macs_per_sample']:,}).")
-    inf = metrics.get("inference", {})
-    if "teacher" in inf and "student" in inf:
-        ti, si = inf["teacher"], inf["student"]
-        lines.append(f"- Measured here it is {ti['latency_batch1_ms'] / si['latency_batch1_ms']:.1f}x "
-                     f"faster at batch 1 and has {si['throughput_per_s'] / ti['throughput_per_s']:.1f}x "
-                     f"the throughput at batch {si['throughput_batch']}.")
+    speed = speed_ratios(metrics)
+    if speed:
+        lines.append(f"- Measured here it is {speed}.")
     return lines
+
+
+def speed_ratios(metrics: dict) -> str | None:
+    """'Nx faster at batch 1 and has Mx the throughput at batch B' (eager, student against
+    teacher), or None when the run has no timings."""
+    inf = metrics.get("inference", {})
+    if "teacher" not in inf or "student" not in inf:
+        return None
+    ti, si = inf["teacher"], inf["student"]
+    return (f"{ti['latency_batch1_ms'] / si['latency_batch1_ms']:.1f}x faster at batch 1 and has "
+            f"{si['throughput_per_s'] / ti['throughput_per_s']:.1f}x the throughput at batch "
+            f"{si['throughput_batch']}")
 
 
 def _against_spec(models: dict) -> list[str]:
