@@ -70,18 +70,19 @@ _reusing = 0  # depth of nested reused_memory() blocks
 
 @contextlib.contextmanager
 def reused_memory() -> Iterator[None]:
-    """Keep freed host memory in the process for reuse (glibc; elsewhere a no-op).
+    """Keep freed host memory in the process for reuse (glibc; elsewhere a no-op): what
+    ``kdistill bench`` times in.
 
     glibc serves a large block from its heap only if a free one is there, and otherwise maps
     fresh pages and hands them back to the OS when the block is freed, so every page faults
-    in again. The spec teacher's batch-1024 activation (52 MB) paid 12,800 page faults a call:
-    its training epoch on 60,000 images took 5.7 against 2.8 s on one thread
-    (``python benchmarks/scaling.py`` before and after), and its inference ran at a third of
-    its speed in a fresh process but at full speed at the end of a ``kdistill run``, whose
-    heap had grown (``benchmarks/timing_method.py RUN_DIR --batch 1024 --glibc-defaults``).
-    Inside this block mmap is off and the heap is kept, as jemalloc or tcmalloc would keep it;
-    PyTorch's GPU allocator caches the same way. On leaving the outermost block glibc's
-    defaults come back and the kept memory returns to the OS. Usable as a decorator.
+    in again. The spec teacher's batch-1024 activation (52 MB) paid 12,800 page faults a call,
+    so its inference ran at a third of its speed in a fresh process but at full speed at the
+    end of a ``kdistill run``, whose heap had grown (``benchmarks/timing_method.py RUN_DIR
+    --batch 1024 --glibc-defaults``). Inside this block mmap is off and the heap is kept, as
+    jemalloc or tcmalloc would keep it, so every process times the models' steady state. On
+    leaving the outermost block glibc's defaults come back and the kept memory returns to the
+    OS. Training does not use it: across a whole ``kdistill run`` with batch-1024 teacher steps
+    the kept heap fragmented and grew by gigabytes (README, "Speed").
     """
     global _reusing
     try:

@@ -23,7 +23,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from . import distributed
-from .device import autocast, reused_memory
+from .device import autocast
 from .checkpoint import load_train_state, save_train_state
 from .cuda_graph import GraphedStep
 from .data.augment import Augment
@@ -155,7 +155,6 @@ class NonFiniteLoss(KdistillError):
     """Training diverged (NaN or inf loss)."""
 
 
-@reused_memory()  # large batches' activations are not mapped afresh every step
 def fit(distiller: Distiller, train: Images, *, epochs: int, batch_size: int, lr: float,
         seed: int, optimizer: str = "adam", weight_decay: float = 0.0, schedule: str = "constant",
         augment: Augment = Augment(), evaluate_on: Images | None = None,
@@ -188,8 +187,6 @@ def fit(distiller: Distiller, train: Images, *, epochs: int, batch_size: int, lr
     the gradients, so a step sees the same global batch as one process would. Rank 0 saves the
     checkpoints. Two processes of one thread each compute bitwise what one process of one
     thread computes with ``micro_batches=2``.
-
-    Freed host memory stays in the process while training (:func:`~kdistill.device.reused_memory`).
     """
     table = distiller.teacher_logits
     if table is not None and table.shape[:-2] != ((augment.views,) if augment.views else ()):
