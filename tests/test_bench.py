@@ -118,7 +118,7 @@ def test_inputs_are_converted_before_timing():
 
 REPEATED_BLOCK = """
 import resource, sys, torch
-from kdistill.device import reused_memory
+from kdistill.bench import reused_memory
 
 def faults_of_last_blocks():  # 60 MB blocks, one after another; the heap settles in 3
     faults = []

@@ -4,17 +4,19 @@ eager PyTorch, ONNX Runtime and int8.
 Every call is timed in steady state, in blocks of consecutive calls of one (model, runtime)
 pair over distinct batches of real inputs, the blocks rotating among the pairs so that machine
 noise hits them alike. Warm-up calls first, many repeats, medians (latency also p90). Freed
-memory stays in the process while timing (:func:`kdistill.device.reused_memory`).
+memory stays in the process while timing (:func:`reused_memory`).
 """
 from __future__ import annotations
 
+import contextlib
 import copy
+import ctypes
 import itertools
 import statistics
 import time
 import weakref
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -23,7 +25,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 from torch.utils.flop_counter import FlopCounterMode
 
-from .device import reused_memory, synchronize
+from .device import synchronize
 from .engine import Images, predict_logits
 from .models import count_params
 
@@ -57,9 +59,10 @@ class _PeakTensorMemory(TorchDispatchMode):
                 if storage.data_ptr() in seen:
                     continue
                 seen.add(storage.data_ptr())
-                self.live += storage.nbytes()
+                size = storage.nbytes()
+                self.live += size
                 self.peak = max(self.peak, self.live)
-                weakref.finalize(tensor, self._free, storage.nbytes())
+                weakref.finalize(tensor, self._free, size)
         return out
 
     def _free(self, size: int) -> None:
@@ -81,6 +84,46 @@ def describe_model(model: nn.Module, example: torch.Tensor) -> dict[str, int]:
 def _percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+_reusing = 0  # depth of nested reused_memory() blocks
+
+
+@contextlib.contextmanager
+def reused_memory() -> Iterator[None]:
+    """Keep freed host memory in the process for reuse while timing (glibc; elsewhere a no-op).
+
+    glibc serves a large block from its heap only if a free one is there, and otherwise maps
+    fresh pages and hands them back to the OS when the block is freed, so every page faults
+    in again. The spec teacher's batch-1024 activation (52 MB) paid 12,800 page faults a call,
+    so its inference ran at a third of its speed in a fresh process but at full speed at the
+    end of a ``kdistill run``, whose heap had grown (``benchmarks/timing_method.py RUN_DIR
+    --batch 1024 --glibc-defaults``). Inside this block mmap is off and the heap is kept, as
+    jemalloc or tcmalloc would keep it, so every process times the models' steady state. On
+    leaving the outermost block glibc's defaults come back and the kept memory returns to the
+    OS. Training does not use it: across a whole ``kdistill run`` with batch-1024 teacher steps
+    the kept heap fragmented and the run peaked at three times the memory (README, "Speed").
+    """
+    global _reusing
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        mallopt, malloc_trim = libc.mallopt, libc.malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        yield
+        return
+    m_trim_threshold, m_mmap_max = -1, -4  # glibc's <malloc.h>
+    if _reusing == 0:
+        mallopt(m_mmap_max, 0)
+        mallopt(m_trim_threshold, 1 << 30)
+    _reusing += 1
+    try:
+        yield
+    finally:
+        _reusing -= 1
+        if _reusing == 0:
+            mallopt(m_mmap_max, 65536)
+            mallopt(m_trim_threshold, 128 * 1024)
+            malloc_trim(0)
 
 
 LATENCY_BLOCK = 20    # consecutive timed batch-1 calls of one function

@@ -292,7 +292,6 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_runs(args.directory)
         if args.command == "bench":
             from .pipeline import bench_run
-
             from .report import deployment_table, speed_ratios
 
             metrics = bench_run(args.run_dir, onnx=not args.no_onnx)

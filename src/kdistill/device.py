@@ -1,11 +1,8 @@
-"""Which device a run computes on, the mixed-precision context that goes with it, and how host
-memory is reused."""
+"""Which device a run computes on, and the mixed-precision context that goes with it."""
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
-from typing import Iterator
 
 import torch
 
@@ -64,43 +61,3 @@ def synchronize(device: torch.device) -> None:
     elif device.type == "mps":
         torch.mps.synchronize()
 
-
-_reusing = 0  # depth of nested reused_memory() blocks
-
-
-@contextlib.contextmanager
-def reused_memory() -> Iterator[None]:
-    """Keep freed host memory in the process for reuse (glibc; elsewhere a no-op): what
-    ``kdistill bench`` times in.
-
-    glibc serves a large block from its heap only if a free one is there, and otherwise maps
-    fresh pages and hands them back to the OS when the block is freed, so every page faults
-    in again. The spec teacher's batch-1024 activation (52 MB) paid 12,800 page faults a call,
-    so its inference ran at a third of its speed in a fresh process but at full speed at the
-    end of a ``kdistill run``, whose heap had grown (``benchmarks/timing_method.py RUN_DIR
-    --batch 1024 --glibc-defaults``). Inside this block mmap is off and the heap is kept, as
-    jemalloc or tcmalloc would keep it, so every process times the models' steady state. On
-    leaving the outermost block glibc's defaults come back and the kept memory returns to the
-    OS. Training does not use it: across a whole ``kdistill run`` with batch-1024 teacher steps
-    the kept heap fragmented and grew by gigabytes (README, "Speed").
-    """
-    global _reusing
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        mallopt, malloc_trim = libc.mallopt, libc.malloc_trim
-    except (OSError, AttributeError):  # not glibc
-        yield
-        return
-    m_trim_threshold, m_mmap_max = -1, -4  # glibc's <malloc.h>
-    if _reusing == 0:
-        mallopt(m_mmap_max, 0)
-        mallopt(m_trim_threshold, 1 << 30)
-    _reusing += 1
-    try:
-        yield
-    finally:
-        _reusing -= 1
-        if _reusing == 0:
-            mallopt(m_mmap_max, 65536)
-            mallopt(m_trim_threshold, 128 * 1024)
-            malloc_trim(0)
