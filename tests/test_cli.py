@@ -53,9 +53,10 @@ def test_same_seed_same_metrics(idx_dir, tmp_path):
 
 def test_print_config_resolves_every_key_and_runs_nothing(tmp_path):
     printed = kdistill("run", "--preset", "best", "--print-config", "student.micro_batches=2",
-                       "--device", "cpu", cwd=tmp_path)
+                       "--device", "cpu", "teacher.epochs=7", cwd=tmp_path)  # overrides on both sides
     assert printed.returncode == 0, printed.stderr
     assert "micro_batches: 2" in printed.stdout and "device: cpu" in printed.stdout
+    assert "epochs: 7" in printed.stdout
     assert "epochs: 100" in printed.stdout  # the preset's, not the default
     assert list(tmp_path.iterdir()) == []    # no run directory, no data, no cache
     (tmp_path / "printed.yaml").write_text(printed.stdout)

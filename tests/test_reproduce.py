@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from conftest import kdistill
-from kdistill.reproduce import OFFSETS, PAPER, ROWS, Recipe, choose_offset, reproduce, shift
+from kdistill.reproduce import (FULL, OFFSETS, PAPER, ROWS, Recipe, choose_offset, reproduce,
+                                shift, with_overrides)
 
 # A teacher trained long enough to be clearly better than the plain student, or distillation
 # has nothing to transfer; about 20 s on 2 cores.
@@ -78,6 +79,31 @@ def test_same_out_dir_continues_without_training(mini):
                   device="cpu")
 
 
+# MINI written as command-line settings on top of the full recipe
+MINI_SETTINGS = ["teacher_epochs=20", "student_epochs=10", "small_epochs=10", "temperatures=[20]",
+                 "small_temperatures=[2.5, 8]", "train_size=3000", "val_size=2000"]
+
+
+def test_settings_change_the_recipe_with_checked_types():
+    assert with_overrides(FULL, MINI_SETTINGS) == MINI
+    changed = with_overrides(MINI, ["lr=2e-3", "temperatures=4", "train_size=null", "alpha=0"])
+    assert (changed.lr, changed.temperatures, changed.train_size, changed.alpha) == \
+        (0.002, (4.0,), None, 0.0)
+    assert replace(changed, lr=MINI.lr, temperatures=MINI.temperatures,
+                   train_size=MINI.train_size, alpha=MINI.alpha) == MINI
+
+
+def test_command_line_settings_reach_the_run(mini):
+    # the same recipe given as key=value settings: the CLI continues the fixture's run
+    out, results, _ = mini
+    result = kdistill("reproduce", "hinton-mnist", "--out", str(out), "--device", "cpu",
+                      "--quiet", *MINI_SETTINGS)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == (out / "table.md").read_text() and "(lr 0.001)" in result.stdout
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["rows"] == results["rows"] and saved["recipe"] == results["recipe"]
+
+
 def test_choose_offset_finds_the_shift_that_fixes_validation():
     # class 3 sits 2 logits too low for every 3; other classes win by 1 elsewhere
     labels = torch.tensor([3] * 50 + [0] * 50)
@@ -101,6 +127,10 @@ def test_choose_offset_equals_brute_force():
 @pytest.mark.parametrize("args, match", [
     (["reproduce", "nope"], "unknown experiment 'nope'"),
     (["reproduce", "hinton-mnist", "--seeds", "0"], "--seeds must be at least 1"),
+    (["reproduce", "hinton-mnist", "nope=1"], "unknown setting 'nope'"),
+    (["reproduce", "hinton-mnist", "student_epochs=0"], "student_epochs=0 must be a whole number"),
+    (["reproduce", "hinton-mnist", "temperatures=[2, -1]"], "must be a list of positive numbers"),
+    (["reproduce", "hinton-mnist", "alpha=yes"], "alpha=True must be a number from 0 to 1"),
 ])
 def test_bad_input_is_one_line_and_exit_2(args, match, tmp_path):
     result = kdistill(*args, "--out", str(tmp_path / "o"))

@@ -43,7 +43,8 @@ HELP_EXAMPLES = {
                '   # overrides go before --objectives',
     "reproduce": "kdistill reproduce hinton-mnist --quick   # every experiment, short schedules\n"
                  "  kdistill reproduce hinton-mnist --seeds 3 --device cuda --out runs/hinton\n"
-                 "  kdistill reproduce hinton-mnist --out runs/hinton   # again: continues where it stopped",
+                 "  kdistill reproduce hinton-mnist --out runs/hinton   # again: continues where it stopped\n"
+                 "  kdistill reproduce hinton-mnist --device cuda student_epochs=300 batch_size=32",
     "sweep": "kdistill sweep distill.temperature=1,2,4,8,16,20 distill.alpha=0.5,0.9\n"
              "  kdistill sweep --out runs/temps distill.temperature=1,4,16 student.epochs=3",
 }
@@ -141,6 +142,9 @@ def _parser() -> argparse.ArgumentParser:
     rp.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
     rp.add_argument("--data-root", help="where datasets live (default $KDISTILL_DATA or user cache)")
     rp.add_argument("--quiet", action="store_true", help="print only the final table")
+    rp.add_argument("overrides", nargs="*", metavar="key=value",
+                    help="change the recipe, e.g. student_epochs=300 batch_size=32 (see "
+                         "kdistill.reproduce.Recipe)")
     rp.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return p
 
@@ -251,11 +255,12 @@ def _cmd_study(args: argparse.Namespace) -> int:
 
 
 def _cmd_reproduce(args: argparse.Namespace, argv: list[str]) -> int:
-    from .reproduce import reproduce
+    from .reproduce import FULL, QUICK, reproduce, with_overrides
 
+    recipe = with_overrides(QUICK if args.quick else FULL, args.overrides)
     say = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
     results = reproduce(args.experiment, args.out, quick=args.quick, seeds=args.seeds,
-                        device=args.device, data_root=args.data_root, progress=say,
+                        recipe=recipe, device=args.device, data_root=args.data_root, progress=say,
                         show_bars=False if args.quiet else None,
                         command=" ".join(["kdistill", *argv]))
     print((Path(results["out_dir"]) / "table.md").read_text(), end="")
@@ -269,9 +274,22 @@ def _listing(items: dict[str, str]) -> int:
     return 0
 
 
+def _parse(argv: list[str]) -> argparse.Namespace:
+    """Parse ``argv``, letting ``key=value`` overrides come after options as well as before
+    (argparse alone takes a positional list only where it starts)."""
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    overrides = getattr(args, "overrides", None)
+    if extra and (overrides is None or any(a.startswith("-") or "=" not in a for a in extra)):
+        parser.parse_args(argv)  # exits, naming the arguments it does not know
+    if extra:
+        overrides.extend(extra)
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    args = _parser().parse_args(argv)
+    args = _parse(argv)
     try:
         if args.command == "run":
             return _cmd_run(args, argv)
