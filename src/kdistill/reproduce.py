@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import time
 from dataclasses import asdict, dataclass, fields, replace
 from datetime import datetime
@@ -74,7 +75,6 @@ FULL = Recipe()
 QUICK = Recipe(teacher_epochs=30, student_epochs=20, small_epochs=20, train_size=10_000)
 
 
-
 def with_overrides(recipe: Recipe, overrides: Sequence[str]) -> Recipe:
     """``recipe`` with ``key=value`` settings changed (``student_epochs=300``, ``lr=2e-3``,
     ``temperatures=[2,20]``, ``train_size=null``), each value checked against its setting."""
@@ -93,7 +93,7 @@ def with_overrides(recipe: Recipe, overrides: Sequence[str]) -> Recipe:
 def _setting(key: str, default: object, value: object) -> object:
     """``value`` as the type of the setting ``key``, or a one-line error."""
     def number(x: object) -> bool:
-        return isinstance(x, (int, float)) and not isinstance(x, bool) and x == x
+        return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
     if isinstance(default, tuple):  # the temperatures
         items = value if isinstance(value, list) else [value]
@@ -107,7 +107,7 @@ def _setting(key: str, default: object, value: object) -> object:
     elif isinstance(default, float):
         if number(value) and value > 0:
             return float(value)
-        need = "a positive number"
+        need = "a positive finite number"
     elif key == "train_size" and value is None:
         return None
     else:
