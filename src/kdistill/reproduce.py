@@ -78,24 +78,24 @@ QUICK = Recipe(teacher_epochs=30, student_epochs=20, small_epochs=20, train_size
 def with_overrides(recipe: Recipe, overrides: Sequence[str]) -> Recipe:
     """``recipe`` with ``key=value`` settings changed (``student_epochs=300``, ``lr=2e-3``,
     ``temperatures=[2,20]``, ``train_size=null``), each value checked against its setting."""
-    defaults = {f.name: getattr(recipe, f.name) for f in fields(recipe)}
+    current = {f.name: getattr(recipe, f.name) for f in fields(recipe)}
     changes = {}
     for item in overrides:
         key, sep, text = item.partition("=")
         if not sep:
             raise KdistillError(f"setting {item!r} is not key=value", "write e.g. student_epochs=300")
-        if key not in defaults:
-            raise KdistillError(f"unknown setting {key!r}", f"choose from: {', '.join(defaults)}")
-        changes[key] = _setting(key, defaults[key], parse_value(text))
+        if key not in current:
+            raise KdistillError(f"unknown setting {key!r}", f"choose from: {', '.join(current)}")
+        changes[key] = _setting(key, current[key], parse_value(text))
     return replace(recipe, **changes)
 
 
-def _setting(key: str, default: object, value: object) -> object:
-    """``value`` as the type of the setting ``key``, or a one-line error."""
+def _setting(key: str, current: object, value: object) -> object:
+    """``value`` as the type of the setting ``key`` (now ``current``), or a one-line error."""
     def number(x: object) -> bool:
         return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
-    if isinstance(default, tuple):  # the temperatures
+    if isinstance(current, tuple):  # the temperatures
         items = value if isinstance(value, list) else [value]
         if items and all(number(x) and x > 0 for x in items):
             return tuple(float(x) for x in items)
@@ -104,7 +104,7 @@ def _setting(key: str, default: object, value: object) -> object:
         if number(value) and 0 <= value <= 1:
             return float(value)
         need = "a number from 0 to 1"
-    elif isinstance(default, float):
+    elif isinstance(current, float):
         if number(value) and value > 0:
             return float(value)
         need = "a positive finite number"
