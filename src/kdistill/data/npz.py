@@ -1,0 +1,320 @@
+"""Users' own arrays in one ``.npz`` file, and the in-memory limit shared with image folders.
+
+The file holds ``x_train``, ``y_train``, ``x_test``, ``y_test``, optionally ``x_val`` and
+``y_val`` (both or neither) and optionally ``classes`` (a 1-D array of class names). It is read
+with ``allow_pickle=False``: object arrays are refused, never unpickled.
+
+Images must be ``uint8`` and are returned as contiguous ``[N, C, H, W]`` with ``C`` 1 or 3.
+The layout is decided by shape alone:
+
+* 3-D ``[N, H, W]`` is greyscale, ``C = 1``;
+* 4-D with axis 1 of size 1 or 3 is taken as ``[N, C, H, W]``;
+* otherwise 4-D with the last axis of size 1 or 3 is taken as ``[N, H, W, C]``;
+* anything else (2-D, 5-D, 4-D with no 1- or 3-sized channel axis) is refused.
+
+Axis 1 wins a tie, so an ``[N, H, W, C]`` array whose height is 1 or 3 is misread; such an
+array then fails the check that every split has the same image shape unless all agree.
+
+Labels are 1-D integer arrays (any integer dtype, values >= 0), as long as their images, and
+are returned as ``int64``. Without ``classes`` the names are ``"0" .. "K-1"`` with ``K`` the
+largest label + 1 over all splits.
+
+Every problem is a :class:`~kdistill.errors.DataError` of one line. The array headers are read
+before any array data, so a wrong dtype or shape, or a file that would not fit in memory, is
+refused without loading it.
+"""
+from __future__ import annotations
+
+import os
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import DataError
+from .arrays import as_nchw
+
+MEMORY_FRACTION = 0.5  # the default in-memory limit: this share of the available RAM
+MAX_CLASSES = 100_000  # more than this many label values are not class indices
+_IMAGE_KEYS = ("x_train", "x_test", "x_val")
+_LABEL_KEYS = {"x_train": "y_train", "x_test": "y_test", "x_val": "y_val"}
+_SPLITS = {"x_train": "train", "x_test": "test", "x_val": "val"}
+_SAVE_HINT = "save it with np.savez(path, x_train=..., y_train=..., x_test=..., y_test=...)"
+
+
+# ------------------------------------------------------------------------ memory limit
+def available_memory_bytes() -> int | None:
+    """RAM this process can still use: ``MemAvailable`` (capped by a cgroup v2 limit), else the
+    physical memory from ``sysconf``; ``None`` where neither can be read."""
+    available = None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    available = int(line.split()[1]) * 1024
+                    break
+    except (OSError, ValueError, IndexError):
+        pass
+    if available is None:
+        try:
+            available = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (AttributeError, ValueError, OSError):
+            return None
+    try:  # a container's own limit, when it is tighter than the host's free memory
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit != "max":
+            used = int(Path("/sys/fs/cgroup/memory.current").read_text().strip())
+            available = min(available, max(int(limit) - used, 0))
+    except (OSError, ValueError):
+        pass
+    return available
+
+
+def default_max_bytes() -> int | None:
+    """The default in-memory limit: :data:`MEMORY_FRACTION` of the available RAM (``None``: no
+    limit, where the available RAM cannot be read)."""
+    available = available_memory_bytes()
+    return None if available is None else int(available * MEMORY_FRACTION)
+
+
+def format_bytes(n: int) -> str:
+    value = float(n)
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{n} bytes" if unit == "bytes" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} TiB"  # pragma: no cover - the loop always returns
+
+
+def check_memory(need: int, max_bytes: int | None, what: str, hint: str) -> None:
+    """Refuse (one DataError line) when ``need`` bytes exceed ``max_bytes`` (``None``: the
+    default limit)."""
+    limit = default_max_bytes() if max_bytes is None else max_bytes
+    if limit is None or need <= limit:
+        return
+    how = (f"{MEMORY_FRACTION:.0%} of the available RAM" if max_bytes is None
+           else "max_bytes")
+    raise DataError(f"{what} needs {format_bytes(need)} in memory, over the in-memory limit of "
+                    f"{format_bytes(limit)} ({how})", hint)
+
+
+# ------------------------------------------------------------------------------ headers
+def _open_zip(path: Path) -> zipfile.ZipFile:
+    if not path.exists():
+        raise DataError(f"no such file: {path}", "check the path")
+    if not path.is_file():
+        raise DataError(f"{path} is not a file", "pass the path of an .npz file")
+    try:
+        return zipfile.ZipFile(path)
+    except zipfile.BadZipFile:
+        raise DataError(f"{path} is not an .npz file (not a zip archive)", _SAVE_HINT) from None
+    except (OSError, ValueError) as exc:
+        raise DataError(f"cannot read {path}: {_one_line(exc)}", "check the file") from None
+
+
+def _headers(zf: zipfile.ZipFile, path: Path) -> dict[str, tuple[tuple[int, ...] | None,
+                                                                   np.dtype | None, int]]:
+    """``key -> (shape, dtype, uncompressed size)`` of every ``.npy`` member, read from the
+    headers only. Shape and dtype are ``None`` for a header version this reader does not parse
+    (they are then checked after loading)."""
+    out: dict = {}
+    for info in zf.infolist():
+        if not info.filename.endswith(".npy"):
+            continue
+        key = info.filename[:-4]
+        shape = dtype = None
+        try:
+            with zf.open(info) as f:
+                version = np.lib.format.read_magic(f)
+                if version == (1, 0):
+                    shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+                elif version == (2, 0):
+                    shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile, NotImplementedError) as exc:
+            raise DataError(f"{path}: array {key} is not a valid .npy member: {_one_line(exc)}",
+                            _SAVE_HINT) from None
+        out[key] = (tuple(shape) if shape is not None else None, dtype, info.file_size)
+    return out
+
+
+def _result_bytes(key: str, shape: tuple[int, ...] | None, dtype: np.dtype | None,
+                  file_size: int) -> int:
+    if shape is None or dtype is None:
+        return file_size
+    count = int(np.prod(shape, dtype=np.int64))
+    if key.startswith("y_"):
+        return count * 8  # labels become int64
+    return count * dtype.itemsize
+
+
+def estimate_bytes(path: str | Path) -> int:
+    """Bytes the arrays of the ``.npz`` at ``path`` take once loaded (labels as int64), from the
+    array headers alone, without reading any array data."""
+    path = Path(path)
+    with _open_zip(path) as zf:
+        headers = _headers(zf, path)
+    return sum(_result_bytes(k, *v) for k, v in headers.items()
+               if k in _IMAGE_KEYS or k in _LABEL_KEYS.values())
+
+
+# ---------------------------------------------------------------------------- checks
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__
+
+
+def _check_images(path: Path, key: str, shape: tuple[int, ...], dtype: np.dtype) -> None:
+    if dtype.hasobject:
+        raise DataError(f"{path}: {key} is an object array, which is not read "
+                        "(allow_pickle=False)", "save plain uint8 arrays, e.g. np.stack(images)")
+    if dtype != np.uint8:
+        if dtype.kind == "f":
+            hint = ("convert with np.clip(np.rint(x * 255), 0, 255).astype(np.uint8) for "
+                    "values in [0, 1], or x.astype(np.uint8) for values already in 0..255")
+        else:
+            hint = "convert with x.astype(np.uint8) after checking the values are in 0..255"
+        raise DataError(f"{path}: images must be uint8 (0..255), but {key} is {dtype}", hint)
+    if len(shape) not in (3, 4):
+        raise DataError(f"{path}: {key} has {len(shape)} dimensions {list(shape)}, expected "
+                        "[N, H, W], [N, H, W, C] or [N, C, H, W]", "reshape the images")
+    if len(shape) == 4 and shape[1] not in (1, 3) and shape[-1] not in (1, 3):
+        raise DataError(f"{path}: {key} has shape {list(shape)} with no channel axis of size "
+                        "1 or 3", "store [N, H, W], [N, H, W, C] or [N, C, H, W] with C 1 or 3")
+    if shape[0] == 0:
+        raise DataError(f"{path}: {key} holds no images", "every split needs images")
+
+
+def _check_labels(path: Path, key: str, shape: tuple[int, ...], dtype: np.dtype,
+                  n_images: int) -> None:
+    if dtype.hasobject:
+        raise DataError(f"{path}: {key} is an object array, which is not read "
+                        "(allow_pickle=False)", "save labels as an integer array")
+    if dtype.kind not in "iu":
+        raise DataError(f"{path}: labels must be integers, but {key} is {dtype}",
+                        "convert with y.astype(np.int64) (class indices 0..K-1)")
+    if len(shape) != 1:
+        hint = ("one-hot labels: convert with y.argmax(axis=1)" if len(shape) == 2
+                and shape[1] > 1 else "flatten with y.reshape(-1)")
+        raise DataError(f"{path}: {key} has shape {list(shape)}, labels must be 1-D", hint)
+    if shape[0] != n_images:
+        image_key = key.replace("y_", "x_")
+        raise DataError(f"{path}: {key} has {shape[0]} labels but {image_key} has {n_images} "
+                        "images", "give one label per image")
+
+
+def _check_classes(path: Path, shape: tuple[int, ...], dtype: np.dtype) -> None:
+    if dtype.hasobject:
+        raise DataError(f"{path}: classes is an object array, which is not read "
+                        "(allow_pickle=False)", "save names as np.array(names, dtype=str)")
+    if dtype.kind not in "US" or len(shape) != 1:
+        raise DataError(f"{path}: classes must be a 1-D array of strings, got {dtype} "
+                        f"{list(shape)}", "save names as np.array(names, dtype=str)")
+
+
+# ------------------------------------------------------------------------------ reader
+def read_npz(path: str | Path, *, max_bytes: int | None = None) -> dict:
+    """Read a dataset saved as an ``.npz`` (see the module docstring for keys and layouts).
+
+    Returns ``{"train_images", "train_labels", "test_images", "test_labels"[, "val_images",
+    "val_labels"], "classes"}`` with uint8 ``[N, C, H, W]`` images, int64 labels and a tuple of
+    class names. ``max_bytes`` caps the memory the arrays may take (default: half the available
+    RAM); the check uses the array headers, before any data is read.
+    """
+    path = Path(path)
+    with _open_zip(path) as zf:
+        headers = _headers(zf, path)
+    present = sorted(headers)
+    for key in ("x_train", "y_train", "x_test", "y_test"):
+        if key not in headers:
+            raise DataError(f"{path} has no array {key!r} (it has: {', '.join(present) or 'none'})",
+                            "an .npz dataset needs x_train, y_train, x_test, y_test")
+    if ("x_val" in headers) != ("y_val" in headers):
+        have, lack = ("x_val", "y_val") if "x_val" in headers else ("y_val", "x_val")
+        raise DataError(f"{path} has {have} but no {lack}", "give both or neither")
+    image_keys = [k for k in _IMAGE_KEYS if k in headers]
+    # Everything the headers can tell, before reading any data.
+    for key in image_keys:
+        shape, dtype, _ = headers[key]
+        if shape is not None and dtype is not None:
+            _check_images(path, key, shape, dtype)
+            lshape, ldtype, _ = headers[_LABEL_KEYS[key]]
+            if lshape is not None and ldtype is not None:
+                _check_labels(path, _LABEL_KEYS[key], lshape, ldtype, shape[0])
+    if "classes" in headers and headers["classes"][0] is not None:
+        _check_classes(path, headers["classes"][0], headers["classes"][1])
+    loaded = image_keys + [_LABEL_KEYS[k] for k in image_keys]
+    need = sum(_result_bytes(k, *headers[k]) for k in loaded)
+    check_memory(need, max_bytes, f"{path}",
+                 "use a smaller dataset or a machine with more memory, or pass a larger max_bytes")
+
+    arrays: dict[str, np.ndarray] = {}
+    try:
+        npz = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+        raise DataError(f"cannot read {path}: {_one_line(exc)}", _SAVE_HINT) from None
+    with npz:
+        wanted = list(loaded)
+        if "classes" in headers:
+            wanted.append("classes")
+        for key in wanted:
+            try:
+                arrays[key] = npz[key]
+            except ValueError as exc:
+                if "allow_pickle" in str(exc) or "bject arrays" in str(exc):
+                    raise DataError(f"{path}: {key} is an object array, which is not read "
+                                    "(allow_pickle=False)", "save plain numeric arrays") from None
+                raise DataError(f"cannot read {key} from {path}: {_one_line(exc)}",
+                                _SAVE_HINT) from None
+            except Exception as exc:  # OSError, BadZipFile, zlib.error… from a corrupt member
+                raise DataError(f"cannot read {key} from {path}: {_one_line(exc)}",
+                                "the file is truncated or corrupt: save it again") from None
+
+    # The same checks on the loaded arrays (headers of unknown versions were skipped).
+    out: dict = {}
+    shapes: dict[str, tuple[int, ...]] = {}
+    for key in image_keys:
+        images, labels = arrays[key], arrays[_LABEL_KEYS[key]]
+        _check_images(path, key, images.shape, images.dtype)
+        _check_labels(path, _LABEL_KEYS[key], labels.shape, labels.dtype, len(images))
+        if labels.size and labels.min() < 0:
+            raise DataError(f"{path}: {_LABEL_KEYS[key]} has a negative label ({labels.min()})",
+                            "labels are class indices 0..K-1")
+        images = as_nchw(images, f"{path}: {key}")
+        shapes[key] = images.shape[1:]
+        split = _SPLITS[key]
+        out[f"{split}_images"] = images
+        out[f"{split}_labels"] = labels
+    for key in image_keys[1:]:
+        if shapes[key] != shapes["x_train"]:
+            raise DataError(f"{path}: {key} images are {list(shapes[key])} (C, H, W) but x_train "
+                            f"images are {list(shapes['x_train'])}",
+                            "every split needs the same image size and channels")
+    top = max(int(out[f"{_SPLITS[k]}_labels"].max()) for k in image_keys)
+    if "classes" in arrays:
+        names = arrays["classes"]
+        _check_classes(path, names.shape, names.dtype)
+        if names.dtype.kind == "S":
+            try:
+                classes = tuple(n.decode("utf-8") for n in names.tolist())
+            except UnicodeDecodeError:
+                raise DataError(f"{path}: classes are not UTF-8 text",
+                                "save names as np.array(names, dtype=str)") from None
+        else:
+            classes = tuple(str(n) for n in names.tolist())
+        if len(set(classes)) != len(classes):
+            raise DataError(f"{path}: classes has duplicate names", "give each class one name")
+        if top >= len(classes):
+            key = next(_LABEL_KEYS[k] for k in image_keys
+                       if int(out[f"{_SPLITS[k]}_labels"].max()) == top)
+            raise DataError(f"{path}: {key} has label {top}, out of range for {len(classes)} "
+                            "classes", "labels are indices into classes (0..K-1)")
+    else:
+        if top + 1 > MAX_CLASSES:
+            raise DataError(f"{path}: the largest label is {top}, more than {MAX_CLASSES} "
+                            "classes", "labels must be class indices 0..K-1")
+        classes = tuple(str(i) for i in range(top + 1))
+    for key in image_keys:
+        split = _SPLITS[key]
+        out[f"{split}_labels"] = out[f"{split}_labels"].astype(np.int64)
+    out["classes"] = classes
+    return out
