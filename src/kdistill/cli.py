@@ -88,10 +88,10 @@ def _parser() -> argparse.ArgumentParser:
     d = _add(sub, "data", "fetch datasets and show where they came from")
     dsub = d.add_subparsers(dest="data_command", metavar="ACTION", required=True)
     f = _add(dsub, "fetch", "download (or take offline) and verify a dataset")
-    f.add_argument("name", help="mnist or fashion-mnist")
+    f.add_argument("name", help="mnist, fashion-mnist, cifar10 or cifar100")
     f.add_argument("--data-root", help="where datasets live (default $KDISTILL_DATA or user cache)")
     f.add_argument("--offline", action="store_true", help="skip the download mirrors")
-    i = _add(dsub, "info", "show each dataset's location, source and hashes")
+    i = _add(dsub, "info", "show each dataset's shape, classes, location, source and hashes")
     i.add_argument("--data-root")
 
     rep = _add(sub, "report", "re-render report.md, report.html and plots from metrics.json")
@@ -204,25 +204,26 @@ def _torchrun(nproc: int, argv: list[str]) -> int:
 
 
 def _cmd_data(args: argparse.Namespace) -> int:
-    from .data import sources
+    from .data import datasets, sources
 
     if args.data_command == "fetch":
-        directory = sources.fetch(args.name, args.data_root, offline=args.offline or None)
-        sources.read_verified(args.name, args.data_root)  # verify what is there now
+        where = datasets.fetch_registered(args.name, args.data_root, offline=args.offline or None)
         info = sources.provenance(args.name, args.data_root)
-        print(f"{args.name}: {directory} (source: {info.get('source', 'local')}, "
-              f"from {info.get('origin', directory)})")
+        print(f"{args.name}: {where} (source: {info.get('source', 'local')}, "
+              f"from {info.get('origin') or info.get('url') or where})")
         return 0
     root = Path(args.data_root) if args.data_root else sources.default_root()
     print(f"data root: {root}")
-    for name, src in sources.SOURCES.items():
+    for name in datasets.list_datasets():
+        d = datasets.describe_registered(name)
         info = sources.provenance(name, root)
-        state = (f"{info.get('source')} from {info.get('origin')} at {info.get('fetched_at')}"
+        state = (f"{info.get('source')} from {info.get('origin') or info.get('url') or root / name}"
                  if info else "not fetched")
-        print(f"\n{name}: {src.description}\n  {state}")
-        for f in src.files.values():
-            present = "✓" if (root / name / f.filename).is_file() else "·"
-            print(f"  {present} {f.filename:26s} sha256 {f.sha256}")
+        shape = "x".join(map(str, d["shape"]))
+        print(f"\n{name}: {d['description']}\n  images {shape}, {d['classes']} classes; {state}")
+        for filename, sha256 in d["files"].items():
+            present = "✓" if (root / name / filename).is_file() else "·"
+            print(f"  {present} {filename:26s} sha256 {sha256}")
     return 0
 
 

@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any, Literal, Sequence
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_validator,
+                      model_validator)
 
 from .data.augment import Augment
 from .errors import ConfigError
@@ -20,33 +21,64 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+PerChannel = float | list[float] | None
+
+
 class DataConfig(_Strict):
-    name: str = Field("mnist", description="registered dataset (mnist, fashion-mnist) or an IDX directory")
+    name: str = Field("mnist", description="registered dataset (mnist, fashion-mnist, cifar10, "
+                      "cifar100), or a path: an image folder, an .npz file or an IDX directory")
     root: str | None = Field(None, description="data root; default $KDISTILL_DATA or the user cache")
-    mean: float = Field(0.5, description="Normalize mean applied to pixels in [0, 1]")
-    std: float = Field(0.5, gt=0, description="Normalize std")
+    mean: PerChannel = Field(None, description="Normalize mean of pixels in [0, 1]: one value or "
+                             "one per channel; default the dataset's customary constants (your "
+                             "own data: its training images' mean)")
+    std: PerChannel = Field(None, description="Normalize std, like mean")
+    image_size: int | list[int] | None = Field(None, description="resize images to N x N or "
+                                               "[H, W]; default their own size (mixed sizes in "
+                                               "an image folder need it)")
+    channels: Literal[1, 3] | None = Field(None, description="convert images to 1 (grey) or 3 "
+                                           "(RGB) channels; default as stored")
+    labels: Literal["fine", "coarse"] = Field("fine", description="cifar100: the 100 fine classes "
+                                              "or the 20 coarse superclasses")
     train_subset: int | None = Field(None, ge=1, description="use only the first N training images")
     translate: int = Field(0, ge=0, le=8, description="augmentation: random shifts of up to N "
                                                       "pixels, for every model trained")
+    crop_padding: int = Field(0, ge=0, le=8, description="augmentation: pad by N zero pixels and "
+                              "crop the original size at random (CIFAR's 4); the same op as "
+                              "translate, under the name CIFAR recipes use")
+    hflip: bool = Field(False, description="augmentation: flip each image left-right with "
+                                           "probability 1/2")
     rotate: float = Field(0.0, ge=0, le=45, description="augmentation: random rotations of up "
                                                         "to N degrees")
     scale: float = Field(0.0, ge=0, lt=1, description="augmentation: random zoom by a factor in "
                                                       "[1 - scale, 1 + scale]")
     elastic: float = Field(0.0, ge=0, le=100, description="augmentation: elastic distortion of "
                            "strength alpha (Simard et al. 2003 used 34), smoothed over 4 px")
-    erase: int = Field(0, ge=0, le=28, description="augmentation: zero an N x N square at a random "
-                       "place in each image (cutout)")
+    erase: int = Field(0, ge=0, le=1024, description="augmentation: zero an N x N square at a "
+                       "random place in each image (cutout)")
     val_size: int = Field(0, ge=0, description="images held out of the end of the training set "
-                                               "for validation (never trained on)")
+                                               "for validation (never trained on); ignored when "
+                                               "the data has its own val split")
 
-    @property
-    def augmented(self) -> bool:
-        """Whether training inputs change from epoch to epoch (so teacher logits are not fixed)."""
-        return bool(self.augment())
+    @field_validator("mean", "std")
+    @classmethod
+    def _per_channel(cls, value: PerChannel, info) -> PerChannel:
+        values = [value] if isinstance(value, (int, float)) else value
+        if values is not None and not (1 <= len(values) <= 3):
+            raise ValueError("give one value or one per channel")
+        if values is not None and info.field_name == "std" and min(values) <= 0:
+            raise ValueError("std must be positive")
+        return value
+
+    @model_validator(mode="after")
+    def _one_shift(self) -> "DataConfig":
+        if self.translate and self.crop_padding:
+            raise ValueError("translate and crop_padding are the same op: set one of them")
+        return self
 
     def augment(self) -> Augment:
         """The training augmentations these settings ask for."""
-        return Augment(self.translate, self.rotate, self.scale, self.elastic, self.erase)
+        return Augment(self.translate or self.crop_padding, self.rotate, self.scale,
+                       self.elastic, self.erase, self.hflip)
 
 
 class TrainConfig(_Strict):

@@ -12,7 +12,6 @@ import math
 import operator
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -27,41 +26,9 @@ from .device import autocast
 from .checkpoint import load_train_state, save_train_state
 from .cuda_graph import GraphedStep
 from .data.augment import Augment
-from .data.datasets import batch_indices, normalize, rows
+from .data.batches import Images, batch_indices, normalize, rows
 from .errors import KdistillError
 from .losses import bind_loss
-
-
-@dataclass
-class Images:
-    """A labelled split in memory plus the normalisation that turns it into model inputs."""
-
-    images: torch.Tensor  # uint8 [N, H, W]
-    labels: torch.Tensor  # int64 [N]
-    mean: float = 0.5
-    std: float = 0.5
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def inputs(self, index: torch.Tensor | slice) -> torch.Tensor:
-        return normalize(rows(self.images, index), self.mean, self.std)
-
-    def rank_slice(self) -> slice:
-        """This process's contiguous share of the examples (all of them outside torchrun)."""
-        world, rank = distributed.world_size(), distributed.rank()
-        return slice(rank * len(self) // world, (rank + 1) * len(self) // world)
-
-    def subset(self, index: torch.Tensor | slice) -> "Images":
-        return Images(rows(self.images, index), rows(self.labels, index), self.mean, self.std)
-
-    def to(self, device: torch.device | str) -> "Images":
-        """The same split held on ``device`` (moved once; batches are then cut there)."""
-        return Images(self.images.to(device), self.labels.to(device), self.mean, self.std)
-
-    @property
-    def device(self) -> torch.device:
-        return self.images.device
 
 
 class Distiller(nn.Module):

@@ -25,18 +25,20 @@ from . import __version__, distributed
 from .bench import deployment_bench, describe_model
 from .checkpoint import load_weights, save_weights
 from .config import RunConfig, from_dict, load_config, to_yaml
-from .data import Dataset, load_dataset
+from .data import Dataset, load_dataset, normalize
+from .data.batches import per_channel, split
 from .device import describe, resolve_device
 from .engine import (Distiller, Images, evaluate, fit, predict_logits_shared, predict_views,
                      tabulate_views)
 from .export import check_parity, export_onnx, ort_session
-from .errors import ConfigError, KdistillError, RunInterrupted
+from .errors import ConfigError, DataError, KdistillError, RunInterrupted
 from .files import atomic_write_json, atomic_write_text
 from .losses import FeatureDistillation, feature_kind, is_feature_loss
 from .models import Ensemble, create_model
 from .report import write_report
 from .teacher_cache import TeacherCache, data_fingerprint, teacher_key
 
+PYTHON_DATA = "python:"  # data.name of a run whose Dataset was given in Python
 # the largest table of per-view teacher logits kept in memory (60k images x 25 views: 60 MB)
 MAX_TEACHER_TABLE_BYTES = 2 << 30
 
@@ -104,19 +106,22 @@ def prepare_out_dir(out: str | Path | None, name: str) -> Path:
 
 
 def _build(role: str, spec, seed: int, dataset: Dataset) -> nn.Module:
-    """Build a model reproducibly from ``seed`` and check it maps images to the dataset's classes."""
+    """Build a model reproducibly from ``seed``, told the data's shape and classes, and check it
+    maps the dataset's images to its classes."""
     torch.manual_seed(seed)
     try:
-        model = create_model(spec.model, **spec.kwargs)
+        model = create_model(spec.model, data_shape=dataset.shape,
+                             num_classes=dataset.num_classes, **spec.kwargs)
     except ConfigError as exc:
         raise ConfigError(f"config key '{role}.model': {exc.message}", exc.hint) from None
-    probe = dataset.test_images[:2]
+    probe = normalize(dataset.test_images[:2], dataset.mean, dataset.std)
     try:
         with torch.no_grad():
-            out = model.eval()(probe.unsqueeze(1).float())
+            out = model.eval()(probe)
     except Exception as exc:  # a user model may fail in any way on our input shape
         raise ConfigError(f"{role} model {spec.model!r} fails on {list(probe.shape[1:])} images: "
-                          f"{exc}", "check the model's input size") from None
+                          f"{exc}", "check the model's input size, or set data.image_size / "
+                          "data.channels") from None
     if out.dim() != 2 or out.shape[1] != dataset.num_classes:
         raise ConfigError(f"{role} model {spec.model!r} outputs {list(out.shape[1:])} values per "
                           f"image but {dataset.name} has {dataset.num_classes} classes",
@@ -196,16 +201,23 @@ def _locked(out_dir: Path):
 
 
 def _splits(cfg: RunConfig, dataset: Dataset) -> tuple[Images, Images, Images]:
-    """Train / validation (held out of the end of the training set) / test, normalised lazily."""
-    n_val = cfg.data.val_size
-    if n_val >= len(dataset.train_labels):
-        raise ConfigError(f"config key 'data.val_size': {n_val} leaves no training data",
-                          "use a smaller validation split")
-    n_train = len(dataset.train_labels) - n_val
-    norm = dict(mean=cfg.data.mean, std=cfg.data.std)
-    return (Images(dataset.train_images[:n_train], dataset.train_labels[:n_train], **norm),
-            Images(dataset.train_images[n_train:], dataset.train_labels[n_train:], **norm),
-            Images(dataset.test_images, dataset.test_labels, **norm))
+    """Train / validation / test, normalised lazily as ``data.mean`` / ``data.std`` say."""
+    return split(dataset, cfg.data.val_size, cfg.data.mean, cfg.data.std)
+
+
+def load_data(cfg: RunConfig, data: Dataset | None = None) -> Dataset:
+    """The dataset ``cfg.data`` names (or ``data`` given in Python), converted and subset as
+    ``cfg.data`` asks."""
+    d = cfg.data
+    if data is not None:
+        dataset = data.converted(d.channels, d.image_size)
+    elif d.name.startswith(PYTHON_DATA):
+        raise DataError(f"this run's data ({d.name[len(PYTHON_DATA):]}) was given in Python",
+                        "pass the same Dataset again as data=")
+    else:
+        dataset = load_dataset(d.name, d.root, image_size=d.image_size, channels=d.channels,
+                               labels=d.labels)
+    return dataset.subset(d.train_subset)
 
 
 def _read_metrics(run_dir: Path, problem: str, hint: str) -> dict:
@@ -228,9 +240,11 @@ def _open_resumed(run_dir: str | Path) -> tuple[Path, RunConfig, dict]:
 def run(config: RunConfig | str | Path | dict | None = None, out: str | Path | None = None, *,
         overrides: Sequence[str] = (), quiet: bool = False, progress: bool | None = None,
         resume: str | Path | None = None, tensorboard: bool = False,
-        retrain_teacher: bool = False) -> Run:
+        retrain_teacher: bool = False, data: Dataset | None = None) -> Run:
     """Run the whole experiment; ``config`` is a preset name (default ``seed``), YAML path,
-    dict or :class:`RunConfig`, and ``overrides`` are ``key=value`` strings. ``resume`` names
+    dict or :class:`RunConfig`, and ``overrides`` are ``key=value`` strings. ``data`` is a
+    :class:`~kdistill.data.Dataset` of your own (e.g. ``Dataset.from_arrays``) used instead of
+    ``data.name`` (give it again to resume such a run). ``resume`` names
     the directory of a stopped run to continue from its last checkpoints instead; with
     ``tensorboard`` every epoch's numbers also go to TensorBoard event files in ``tensorboard/``.
     A teacher trained before with the same recipe comes from the teacher cache unless
@@ -266,8 +280,10 @@ def run(config: RunConfig | str | Path | dict | None = None, out: str | Path | N
                               f"than the {spec.batch_size // world} examples of each process's batch",
                               "use fewer micro-batches or a larger batch_size")
     # Everything that can be wrong with the input is found before anything is written.
-    dataset = load_dataset(cfg.data.name, cfg.data.root).subset(cfg.data.train_subset)
-    train, val, test = (split.to(device) for split in _splits(cfg, dataset))
+    if data is not None:
+        cfg.data.name = f"{PYTHON_DATA}{data.name}"
+    dataset = load_data(cfg, data)
+    train, val, test = (part.to(device) for part in _splits(cfg, dataset))
     roles = {"teacher": cfg.teacher, "student": cfg.student}
     if cfg.control:
         roles["control"] = cfg.student
@@ -319,12 +335,14 @@ def record_bench(metrics: dict, cfg: RunConfig, models: dict[str, nn.Module], te
         for role, d in deployment.items()}
 
 
-def load_run(run_dir: str | Path) -> tuple[Path, RunConfig, dict, Images, dict[str, nn.Module]]:
-    """A finished run's directory, config, metrics, test split and trained models."""
+def load_run(run_dir: str | Path, data: Dataset | None = None
+             ) -> tuple[Path, RunConfig, dict, Images, dict[str, nn.Module]]:
+    """A finished run's directory, config, metrics, test split and trained models (``data``:
+    the Dataset a run made from Python data was given)."""
     run_dir = Path(run_dir)
     metrics = _read_metrics(run_dir, "is not a run", "give a run directory")
     cfg = load_config(path=run_dir / "config.yaml")
-    dataset = load_dataset(cfg.data.name, cfg.data.root)
+    dataset = load_data(cfg, data)
     test = _splits(cfg, dataset)[2]
     models = {}
     for role in metrics.get("models", {}):
@@ -337,9 +355,9 @@ def load_run(run_dir: str | Path) -> tuple[Path, RunConfig, dict, Images, dict[s
     return run_dir, cfg, metrics, test, models
 
 
-def bench_run(run_dir: str | Path, onnx: bool = True) -> dict:
+def bench_run(run_dir: str | Path, onnx: bool = True, data: Dataset | None = None) -> dict:
     """Re-measure a finished run (``kdistill bench``): update metrics.json and the report."""
-    run_dir, cfg, metrics, test, models = load_run(run_dir)
+    run_dir, cfg, metrics, test, models = load_run(run_dir, data)
     torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
     cfg.bench.onnx = onnx
     with _locked(run_dir):
@@ -350,9 +368,9 @@ def bench_run(run_dir: str | Path, onnx: bool = True) -> dict:
     return metrics
 
 
-def export_run(run_dir: str | Path) -> dict[str, dict]:
+def export_run(run_dir: str | Path, data: Dataset | None = None) -> dict[str, dict]:
     """Export every model of a finished run to ONNX (``kdistill export --onnx``), parity-checked."""
-    run_dir, _, _, test, models = load_run(run_dir)
+    run_dir, _, _, test, models = load_run(run_dir, data)
     out = {}
     with _locked(run_dir):
         for role, model in models.items():
@@ -401,6 +419,9 @@ class _Experiment:
         metrics["dataset"] = {"name": self.dataset.name, "classes": list(self.dataset.classes),
                               "train_size": len(self.train), "val_size": len(self.val),
                               "test_size": len(self.test),
+                              "shape": list(self.dataset.shape),
+                              "mean": list(per_channel(self.train.mean)),
+                              "std": list(per_channel(self.train.std)),
                               "source": self.dataset.source.get("source"),
                               "origin": self.dataset.source.get("origin"),
                               "sha256": self.dataset.source.get("files")}

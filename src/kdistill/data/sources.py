@@ -288,12 +288,13 @@ def read_verified(name: str, root: str | Path | None = None) -> dict[str, np.nda
 
 
 def provenance(name: str, root: str | Path | None = None) -> dict:
-    """What ``SOURCE.json`` says about a materialised dataset ({} if not fetched yet)."""
-    path = Path(root if root is not None else default_root()) / get_source(name).name / "SOURCE.json"
+    """What ``SOURCE.json`` says about a materialised dataset ({} if not fetched or unreadable)."""
+    path = Path(root if root is not None else default_root()) / name / "SOURCE.json"
     try:
-        return json.loads(path.read_text())
+        info = json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
+    return info if isinstance(info, dict) else {}
 
 
 def get_source(name: str) -> DatasetSource:

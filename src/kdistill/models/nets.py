@@ -19,16 +19,21 @@ class TeacherNet(nn.Module):
     is several times faster; outputs equal the spec's up to float rounding (~1e-7).
     """
 
-    def __init__(self, num_classes: int = 10, in_channels: int = 1) -> None:
+    def __init__(self, num_classes: int = 10, in_channels: int = 1,
+                 image_size: int | tuple[int, int] = 28) -> None:
         super().__init__()
+        h, w = (image_size, image_size) if isinstance(image_size, int) else image_size
+        pooled = ((h - 4) // 5, (w - 4) // 5)  # 28 -> conv 24 -> pool 4
+        self.crop = (5 * pooled[0] + 4, 5 * pooled[1] + 4)  # the input rows the pool reads
         # channels-last weights, so their gradients keep the layout (DDP buckets expect it)
         self.conv1 = nn.Conv2d(in_channels, 32, kernel_size=5).to(memory_format=torch.channels_last)
-        self.pool = nn.MaxPool2d(5)  # 24 -> 4
-        self.fc1 = nn.Linear(32 * 4 * 4, 128)
+        self.pool = nn.MaxPool2d(5)
+        self.fc1 = nn.Linear(32 * pooled[0] * pooled[1], 128)
         self.fc2 = nn.Linear(128, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.conv1(x[:, :, :24, :24].contiguous(memory_format=torch.channels_last))
+        h, w = self.crop
+        x = self.conv1(x[:, :, :h, :w].contiguous(memory_format=torch.channels_last))
         x = torch.relu(self.pool(x))
         return self.fc2(torch.relu(self.fc1(x.flatten(1))))
 
@@ -80,7 +85,7 @@ class ConvNet(nn.Module):
     """
 
     def __init__(self, num_classes: int = 10, in_channels: int = 1, width: int = 32,
-                 dropout: float = 0.3) -> None:
+                 dropout: float = 0.3, image_size: int | tuple[int, int] = 28) -> None:
         super().__init__()
 
         def block(c_in: int, c_out: int) -> list[nn.Module]:
@@ -90,7 +95,8 @@ class ConvNet(nn.Module):
         w = width
         self.features = nn.Sequential(*block(in_channels, w), *block(w, w), nn.MaxPool2d(2),
                                       *block(w, 2 * w), *block(2 * w, 2 * w), nn.MaxPool2d(2))
-        self.fc1 = nn.Linear(2 * w * 7 * 7, 256)
+        h, w_ = (image_size, image_size) if isinstance(image_size, int) else image_size
+        self.fc1 = nn.Linear(2 * w * (h // 4) * (w_ // 4), 256)
         self.dropout = nn.Dropout(dropout)
         self.fc2 = nn.Linear(256, num_classes)
         self.to(memory_format=torch.channels_last)
