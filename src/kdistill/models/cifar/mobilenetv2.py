@@ -8,11 +8,12 @@ reference, the stem strides by 2 even at 32x32 and the last 1x1 conv keeps 1280 
 """
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
 from torch import nn
+
+from .init import reference_init
 
 #: (expansion t, channels c, repeats n, first stride s) per group; t=None means "the net's expansion".
 SETTINGS: list[tuple[int | None, int, int, int]] = [
@@ -69,22 +70,7 @@ class MobileNetV2(nn.Module):
         self.conv2 = conv_bn_relu(channels, self.last_channel, 1)
         self.avgpool = nn.AdaptiveAvgPool2d(1)  # the reference's AvgPool2d(2, ceil_mode) at 32x32 input
         self.classifier = nn.Sequential(nn.Linear(self.last_channel, num_classes))
-        self._init_weights()
-
-    def _init_weights(self) -> None:
-        """He-normal convs (fan out), identity BN, N(0, 0.01) classifier, zero biases, as the reference."""
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
-                nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan_out))
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0.0, 0.01)
-                nn.init.zeros_(m.bias)
+        reference_init(self, linear_std=0.01)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.conv1(x)

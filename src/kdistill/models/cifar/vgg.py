@@ -8,11 +8,12 @@ pre-activations, as the reference), max pools between them, global average pooli
 """
 from __future__ import annotations
 
-import math
 from typing import Any, Sequence
 
 import torch
 from torch import nn
+
+from .init import reference_init
 
 #: Channels of the convs in each of the five blocks (RepDistiller's cfg 'S', 'A', 'B', 'D', 'E').
 CONFIGS: dict[str, list[list[int]]] = {
@@ -60,22 +61,7 @@ class VGG(nn.Module):
         self.pool3 = nn.MaxPool2d(kernel_size=2, stride=2)
         self.pool4 = nn.AdaptiveAvgPool2d((1, 1))
         self.classifier = nn.Linear(cfg[4][-1], num_classes)
-        self._init_weights()
-
-    def _init_weights(self) -> None:
-        """He-normal convs (fan out), identity BN, N(0, 0.01) classifier, zero biases, as the reference."""
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
-                nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan_out))
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0.0, 0.01)
-                nn.init.zeros_(m.bias)
+        reference_init(self, linear_std=0.01)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         height = x.shape[2]

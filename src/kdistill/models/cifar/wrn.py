@@ -6,12 +6,13 @@ checkpoints load unchanged; feature stages are the submodules ``block1``..``bloc
 """
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .init import reference_init
 
 
 class BasicBlock(nn.Module):
@@ -75,19 +76,7 @@ class WideResNet(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.avgpool = nn.AdaptiveAvgPool2d(1)  # the reference's avg_pool2d(8) at 32x32 input
         self.fc = nn.Linear(widths[3], num_classes)
-        self._init_weights()
-
-    def _init_weights(self) -> None:
-        """He-normal convolutions (std sqrt(2 / (k*k*out))), identity BN, zero fc bias, as the reference."""
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
-                nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan_out))
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.zeros_(m.bias)
+        reference_init(self, linear_std=None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.block3(self.block2(self.block1(self.conv1(x))))
