@@ -11,6 +11,7 @@ from torch import nn
 from kdistill.errors import ConfigError
 from kdistill.losses import (FeatureDistillation, FeatureHooks, at_loss, attention_map,
                              default_feature_layer, fitnets_loss)
+from kdistill.losses.features import MAX_LINEAR_ADAPTER_WEIGHTS, fitnets_adapter
 from kdistill.models import create_model
 
 # [B=2, C=2, H=1, W=2] student and [B=2, C=1, H=1, W=2] teacher features
@@ -22,6 +23,15 @@ FT = torch.tensor([[[[2.0, 2.0]]], [[[1.0, 0.0]]]], dtype=torch.float64)
 MAP_S = [[5 / math.sqrt(29), 2 / math.sqrt(29)], [0.5 / math.sqrt(1.25), 1 / math.sqrt(1.25)]]
 MAP_T = [[1 / math.sqrt(2), 1 / math.sqrt(2)], [1.0, 0.0]]
 AT = sum(sum((a - b) ** 2 for a, b in zip(s, t)) for s, t in zip(MAP_S, MAP_T)) / 2
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread (these nets are small; the CI cores are few and shared), restored."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def test_attention_map_of_a_conv_feature():
@@ -198,3 +208,183 @@ def test_hint_loss_decreases_with_training(kind):
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0]
+
+
+# --- FitNets adapters on the CIFAR zoo pairs: conv + BN regressors, never a huge Linear ---------
+
+# teacher, its layer, student, its layer, student feature shape, teacher feature shape (no batch),
+# the adapter's conv type
+CIFAR_PAIRS = [
+    ("resnet32x4", "layer3", "resnet8x4", "layer3", (256, 8, 8), (256, 8, 8), nn.Conv2d),
+    ("wrn_40_2", "block3", "wrn_16_2", "block3", (128, 8, 8), (128, 8, 8), nn.Conv2d),
+    ("resnet56", "layer3", "resnet20", "layer3", (64, 8, 8), (64, 8, 8), nn.Conv2d),
+    ("vgg13", "block4", "vgg8", "block4", (512, 4, 4), (512, 4, 4), nn.Conv2d),
+    # ShuffleV2's last stage is 4x4, half the teacher's 8x8: a transposed conv upsamples it
+    ("resnet32x4", "layer3", "ShuffleV2", "layer3", (464, 4, 4), (256, 8, 8), nn.ConvTranspose2d),
+    # its first stage is 16x16, twice the teacher's: a strided conv (3x3, stride 2, padding 1)
+    ("resnet32x4", "layer3", "ShuffleV2", "layer1", (116, 16, 16), (256, 8, 8), nn.Conv2d),
+]
+# attention transfer needs equal spatial sizes: ShuffleV2's 8x8 stage is layer2 (232 channels)
+AT_PAIRS = [pair[:4] for pair in CIFAR_PAIRS[:4]] + [("resnet32x4", "layer3", "ShuffleV2", "layer2")]
+
+
+def _zoo_pair(teacher_name: str, student_name: str) -> tuple[nn.Module, nn.Module, torch.Tensor]:
+    torch.manual_seed(0)
+    return (create_model(student_name, num_classes=100), create_model(teacher_name, num_classes=100),
+            torch.randn(4, 3, 32, 32))
+
+
+def _first_conv(model: nn.Module) -> nn.Conv2d:
+    return next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+
+
+def _check_hint_trains_student_and_adapter_only(hint, student, teacher, x):
+    student.train()
+    teacher.eval()
+    teacher(x)  # with grad on and the teacher not frozen: only the detach keeps it out
+    student(x)
+    loss = hint()["hint"]
+    assert loss.ndim == 0 and torch.isfinite(loss) and loss.item() > 0
+    loss.backward()
+    assert _first_conv(student).weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in teacher.parameters())
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in hint.parameters())
+
+
+@pytest.mark.parametrize("teacher_name, t_layer, student_name, s_layer, s_shape, t_shape, conv",
+                         CIFAR_PAIRS, ids=[f"{p[0]}.{p[1]}-{p[2]}.{p[3]}" for p in CIFAR_PAIRS])
+def test_fitnets_on_cifar_zoo_pairs_uses_a_small_conv_adapter(teacher_name, t_layer, student_name,
+                                                              s_layer, s_shape, t_shape, conv):
+    student, teacher, x = _zoo_pair(teacher_name, student_name)
+    hint = FeatureDistillation(student, teacher, x[:2], student_layer=s_layer,
+                               teacher_layer=t_layer)
+    try:
+        assert isinstance(hint.adapter, nn.Sequential) and type(hint.adapter[0]) is conv
+        assert isinstance(hint.adapter[1], nn.BatchNorm2d) and len(hint.adapter) == 2  # no ReLU
+        assert not any(isinstance(m, nn.Linear) for m in hint.modules())
+        assert sum(p.numel() for p in hint.parameters()) < 1_000_000
+        assert hint.adapter[0].in_channels == s_shape[0]
+        assert hint.adapter[0].out_channels == t_shape[0]
+        _check_hint_trains_student_and_adapter_only(hint, student, teacher, x)
+        s_feature, t_feature = hint._features()
+        assert tuple(s_feature.shape) == (4, *s_shape) and tuple(t_feature.shape) == (4, *t_shape)
+        assert hint.adapter(s_feature).shape == t_feature.shape
+    finally:
+        hint.remove()
+
+
+@pytest.mark.parametrize("teacher_name, t_layer, student_name, s_layer", AT_PAIRS,
+                         ids=[f"{p[0]}.{p[1]}-{p[2]}.{p[3]}" for p in AT_PAIRS])
+def test_attention_transfer_on_cifar_zoo_pairs(teacher_name, t_layer, student_name, s_layer):
+    student, teacher, x = _zoo_pair(teacher_name, student_name)
+    hint = FeatureDistillation(student, teacher, x[:2], kind="at", student_layer=s_layer,
+                               teacher_layer=t_layer)
+    try:
+        assert hint.adapter is None and list(hint.parameters()) == []
+        _check_hint_trains_student_and_adapter_only(hint, student, teacher, x)
+    finally:
+        hint.remove()
+
+
+def test_attention_transfer_still_refuses_different_spatial_sizes_on_the_zoo():
+    student, teacher, x = _zoo_pair("resnet32x4", "ShuffleV2")
+    with pytest.raises(ConfigError, match="attention maps differ"):
+        FeatureDistillation(student, teacher, x[:2], kind="at", student_layer="layer3",
+                            teacher_layer="layer3")
+    assert not student.layer3._forward_hooks and not teacher.layer3._forward_hooks
+
+
+@pytest.mark.parametrize("s_shape, t_shape, conv, kernel, stride, padding", [
+    ((8, 6, 6), (4, 6, 6), nn.Conv2d, (1, 1), (1, 1), (0, 0)),
+    ((8, 16, 16), (4, 8, 8), nn.Conv2d, (3, 3), (2, 2), (1, 1)),    # RepDistiller's ConvReg
+    ((8, 32, 8), (4, 8, 8), nn.Conv2d, (7, 1), (4, 1), (3, 0)),     # per-dimension factors
+    ((8, 4, 4), (4, 8, 8), nn.ConvTranspose2d, (2, 2), (2, 2), (0, 0)),
+    ((8, 2, 4), (4, 8, 8), nn.ConvTranspose2d, (4, 2), (4, 2), (0, 0)),
+])
+def test_fitnets_adapter_maps_to_the_teacher_shape(s_shape, t_shape, conv, kernel, stride,
+                                                   padding):
+    adapter = fitnets_adapter(s_shape, t_shape)
+    assert type(adapter[0]) is conv and adapter[0].bias is None
+    assert (adapter[0].kernel_size, adapter[0].stride, adapter[0].padding) == (kernel, stride,
+                                                                              padding)
+    assert adapter(torch.randn(2, *s_shape)).shape == (2, *t_shape)
+
+
+@pytest.mark.parametrize("s_shape, t_shape", [((64, 6, 6), (64, 8, 8)),   # 4/3: no integer ratio
+                                              ((64, 8, 4), (64, 4, 8))])  # larger, then smaller
+def test_fitnets_adapter_refuses_spatial_sizes_without_an_integer_ratio(s_shape, t_shape):
+    with pytest.raises(ConfigError, match="not an integer ratio apart") as err:
+        fitnets_adapter(s_shape, t_shape)
+    assert str(s_shape) in str(err.value) and str(t_shape) in str(err.value)
+    assert "pick layers of matching (or integer-ratio) spatial size" in str(err.value)
+
+
+def test_feature_distillation_refuses_a_non_integer_spatial_ratio_and_leaves_no_hooks():
+    torch.manual_seed(0)
+    student = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.LazyLinear(2))  # 8x8 -> 6x6
+    teacher = nn.Sequential(nn.Conv2d(3, 5, 1), nn.Flatten(), nn.LazyLinear(2))  # 8x8 -> 8x8
+    with pytest.raises(ConfigError, match="not an integer ratio apart") as err:
+        FeatureDistillation(student, teacher, torch.randn(2, 3, 8, 8), student_layer="0",
+                            teacher_layer="0")
+    assert "'0' (4, 6, 6)" in str(err.value) and "'0' (5, 8, 8)" in str(err.value)
+    assert not student[0]._forward_hooks and not teacher[0]._forward_hooks
+
+
+def test_a_conv_map_against_a_vector_gets_a_linear_only_when_small(monkeypatch):
+    adapter = fitnets_adapter((4, 6, 6), (16,))
+    assert isinstance(adapter, nn.Linear) and (adapter.in_features, adapter.out_features) == (144, 16)
+    assert MAX_LINEAR_ADAPTER_WEIGHTS == 2 ** 24
+    with pytest.raises(ConfigError, match="Linear adapter between the flattened"):
+        fitnets_adapter((256, 8, 8), (1100,))  # 18M weights
+    # a smaller cap, so a real zoo pair crosses it cheaply: names and shapes in the message
+    import kdistill.losses.features as features
+
+    monkeypatch.setattr(features, "MAX_LINEAR_ADAPTER_WEIGHTS", 2 ** 20)
+    student, teacher, x = _zoo_pair("resnet32x4", "resnet8x4")
+    assert 256 * 8 * 8 * 100 > features.MAX_LINEAR_ADAPTER_WEIGHTS
+    with pytest.raises(ConfigError, match="Linear adapter between the flattened") as err:
+        FeatureDistillation(student, teacher, x[:2], student_layer="layer3", teacher_layer="fc")
+    assert "'layer3' (256, 8, 8)" in str(err.value) and "'fc' (100)" in str(err.value)
+    assert "pick layers of the same kind" in str(err.value)
+    assert not student.layer3._forward_hooks and not teacher.fc._forward_hooks
+
+
+def test_adapter_running_stats_are_untouched_by_init_and_follow_the_student_mode():
+    student, teacher, x = _zoo_pair("resnet56", "resnet20")
+    student.train()
+    hint = FeatureDistillation(student, teacher, x[:2], student_layer="layer3",
+                               teacher_layer="layer3")
+    bn = hint.adapter[1]
+    assert torch.equal(bn.running_mean, torch.zeros(64))
+    assert torch.equal(bn.running_var, torch.ones(64)) and bn.num_batches_tracked.item() == 0
+    assert hint.adapter.training  # as the student is
+    with torch.no_grad():
+        teacher.eval()(x)
+        student.eval()(x)
+        hint.train()  # the adapter follows the student, not this module's own mode
+        hint()
+    assert not hint.adapter.training and bn.num_batches_tracked.item() == 0
+    assert torch.equal(bn.running_mean, torch.zeros(64))
+    student.train()(x)
+    hint()["hint"].backward()
+    assert hint.adapter.training and bn.num_batches_tracked.item() == 1
+    assert not torch.equal(bn.running_mean, torch.zeros(64))
+    hint.remove()
+
+
+def test_adapter_is_on_the_student_feature_dtype_and_trains_in_fit_mode():
+    from kdistill.engine import Distiller
+    student, teacher, x = _zoo_pair("resnet56", "resnet20")
+    student, teacher, x = student.double(), teacher.double(), x.double()
+    hint = FeatureDistillation(student, teacher, x[:2], student_layer="layer3",
+                               teacher_layer="layer3")
+    assert all(p.dtype == torch.float64 for p in hint.parameters())
+    assert all(b.dtype == torch.float64 for b in hint.adapter[1].buffers() if b.is_floating_point())
+    hint.eval()  # even left in eval mode by someone, a training step trains the adapter
+    distiller = Distiller(student, teacher, "kl", features=hint)
+    assert {id(p) for p in hint.parameters()} <= {id(p) for p in distiller.get_learnable_parameters()}
+    distiller.train()
+    _, terms = distiller.forward_train(x, torch.zeros(4, dtype=torch.long), torch.arange(4))
+    assert hint.adapter.training and hint.adapter[1].num_batches_tracked.item() == 1
+    assert terms["hint"].dtype == torch.float64 and torch.isfinite(terms["hint"])
+    hint.remove()
