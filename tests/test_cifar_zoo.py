@@ -158,3 +158,19 @@ def test_create_model_and_registry():
     assert "3 stages of basic blocks" in described["resnet20"]
     with pytest.raises(ConfigError):
         create_model("resnet8x4", not_a_kwarg=1)
+
+
+def test_kdistill_models_lists_the_zoo_with_counted_parameters():
+    from kdistill.cli import main
+
+    import contextlib
+    import io
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["models"]) == 0
+    lines = {line.split()[0]: line for line in out.getvalue().splitlines() if line.strip()}
+    for name, count in (("resnet8x4", "1,233,540"), ("resnet32x4", "7,433,860"),
+                        ("wrn_16_2", "703,284"), ("vgg8", "3,965,028")):
+        assert f"({count} params at 100 classes)" in lines[name]
+    assert "(67,786 params at 10 classes)" in lines["spec-teacher"]

@@ -72,7 +72,7 @@ def test_listings():
 
 @pytest.mark.parametrize("args, match", [
     (["run", "--preset", "nope"], "unknown preset 'nope'"),
-    (["run", "teacher.epochs=0"], "teacher.epochs"),
+    (["run", "student.epochs=0"], "student.epochs"),  # teacher.epochs=0: use it as built
     (["run", "distill.alpha=2"], "distill.alpha"),
     (["run", "teacher.nope=1"], "unknown config key 'teacher.nope'"),
     (["run", "data.name=imagenet"], "unknown dataset 'imagenet'"),

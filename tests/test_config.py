@@ -58,7 +58,8 @@ def test_yaml_file_and_roundtrip(tmp_path):
 
 
 @pytest.mark.parametrize("override, match", [
-    ("teacher.epochs=0", "'teacher.epochs'.*greater than or equal to 1"),
+    ("student.epochs=0", "'student.epochs'.*greater than or equal to 1"),
+    ("teacher.epochs=-1", "'teacher.epochs'.*greater than or equal to 0"),
     ("student.batch_size=0", "'student.batch_size'"),
     ("teacher.lr=0", "'teacher.lr'.*greater than 0"),
     ("student.lr=-1", "'student.lr'"),

@@ -108,3 +108,25 @@ def test_killed_two_process_run_resumes(runs, tmp_path):
     for role in ROLES:
         assert (out / f"{role}.safetensors").read_bytes() == \
             (runs["2"] / f"{role}.safetensors").read_bytes(), role
+
+
+def test_feature_objective_runs_in_two_processes_like_in_one(idx_dir, tmp_path):
+    """FitNets under torchrun: the adapter's gradients are averaged like the student's, so two
+    processes of 1 thread match one process of 1 thread in 2 micro-batches (up to rounding)."""
+    fast = ["--quiet", f"data.name={idx_dir}", "teacher.model=mlp:784-64-10", "teacher.epochs=1",
+            "student.model=mlp:784-32-10", "student.epochs=2", "distill.loss=fitnets",
+            "distill.alpha=0.9", "control=false", "bench.enabled=false", "threads=1"]
+    two = kdistill("run", "--nproc", "2", "--out", str(tmp_path / "two"), *fast)
+    assert two.returncode == 0, two.stderr[-2000:]
+    one = kdistill("run", "--out", str(tmp_path / "one"), *fast, "student.micro_batches=2",
+                   "teacher.micro_batches=2")
+    assert one.returncode == 0, one.stderr[-2000:]
+    from kdistill.checkpoint import read_weights
+
+    a, _ = read_weights(tmp_path / "two" / "checkpoints" / "student.safetensors")
+    b, _ = read_weights(tmp_path / "one" / "checkpoints" / "student.safetensors")
+    adapters = [k for k in a if k.startswith("model/features.adapter")]
+    assert adapters and set(a) == set(b)
+    for key in a:
+        if a[key].is_floating_point():
+            assert (a[key] - b[key]).abs().max() < 1e-4, key

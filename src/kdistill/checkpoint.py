@@ -1,12 +1,16 @@
 """Weights on disk: safetensors with JSON metadata, written atomically, refused when foreign.
 
-Loading never unpickles: a pickle or ``torch.save`` archive offered as weights is rejected.
+kdistill writes only safetensors. A teacher you bring may also be a PyTorch checkpoint, read
+with ``torch.load(weights_only=True)``, which unpickles tensors and plain containers only: one
+that needs any other pickled object (a function, a class) is refused before it can run.
 """
 from __future__ import annotations
 
 import json
 import random
+import re
 import struct
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -73,8 +77,73 @@ def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, A
 
 
 def load_weights(path: str | Path, model: nn.Module) -> dict[str, Any]:
-    """Load weights into ``model`` (names and shapes must match exactly); return the metadata."""
+    """Load safetensors weights into ``model`` (names and shapes must match exactly); return the
+    metadata."""
     tensors, meta = read_weights(path)
+    fit_state(path, model, tensors)
+    return meta
+
+
+STATE_DICT_KEYS = ("model", "state_dict", "model_state_dict")  # RepDistiller, Lightning, ...
+
+
+def _torch_checkpoint(path: Path) -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU, its refusals as one line."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. "Detected pickle protocol 4"
+            with path.open("rb") as f:  # a file, not a path: torch guesses formats by suffix
+                return torch.load(f, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"weights file {path} does not exist", "check the path") from None
+    except Exception as exc:  # UnpicklingError, RuntimeError (zip), EOFError, ...
+        text = str(exc)
+        found = re.search(r"(?:unsupported|Unsupported global:) GLOBAL ([\w.]+)", text)
+        if found or "Weights only load failed" in text:
+            what = f" ({found.group(1)})" if found else ""
+            raise CheckpointError(f"{path} needs arbitrary pickled objects{what}, which can run "
+                                  "code: refused", "save only the state_dict, e.g. "
+                                  "torch.save({'model': model.state_dict()}, path)") from None
+        raise CheckpointError(f"{path} is not a readable safetensors file or PyTorch checkpoint: "
+                              f"{text.split('. ')[0] if text else type(exc).__name__}",
+                              "it is truncated or corrupt") from None
+
+
+def _state_dict(path: Path, obj: Any) -> dict[str, torch.Tensor]:
+    """The tensors of a checkpoint: a state_dict, or one under a :data:`STATE_DICT_KEYS` key,
+    with DataParallel / DDP's ``module.`` prefix removed."""
+    if isinstance(obj, dict):
+        for key in STATE_DICT_KEYS:
+            if isinstance(obj.get(key), dict):
+                obj = obj[key]
+                break
+    if not isinstance(obj, dict) or not obj or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
+        raise CheckpointError(f"{path} holds no state_dict (a dict of tensors, or one under "
+                              f"{', '.join(repr(k) for k in STATE_DICT_KEYS)})",
+                              "save model.state_dict()")
+    if all(k.startswith("module.") for k in obj):
+        obj = {k[len("module."):]: v for k, v in obj.items()}
+    return obj
+
+
+def read_any_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """Tensors from safetensors (kdistill's format) or a PyTorch checkpoint you bring."""
+    path = Path(path)
+    try:
+        head = path.open("rb").read(9)
+    except FileNotFoundError:
+        raise CheckpointError(f"weights file {path} does not exist", "check the path") from None
+    except OSError as exc:
+        raise CheckpointError(f"cannot read {path}: {exc.strerror}", "check permissions") from None
+    is_torch = head[:2] == b"PK" or head[:1] == b"\x80"  # a torch.save zip, or a legacy pickle
+    if not is_torch:
+        return read_weights(path)[0]
+    return _state_dict(path, _torch_checkpoint(path))
+
+
+def fit_state(path: str | Path, model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
+    """Load ``tensors`` into ``model``: names and shapes must match exactly."""
     expected = model.state_dict()
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))
@@ -86,7 +155,11 @@ def load_weights(path: str | Path, model: nn.Module) -> dict[str, Any]:
         raise CheckpointError(f"{path} does not fit the model: {detail}",
                               "load it into the architecture that saved it")
     model.load_state_dict(tensors)
-    return meta
+
+
+def load_teacher_weights(path: str | Path, model: nn.Module) -> None:
+    """A teacher's weights from safetensors or a PyTorch checkpoint (see :func:`read_any_weights`)."""
+    fit_state(path, model, read_any_weights(path))
 
 
 # ------------------------------------------------------------------ resumable train state

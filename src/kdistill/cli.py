@@ -331,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command in ("presets", "models", "losses"):
             from . import list_losses, list_models, list_presets
 
-            return _listing({"presets": list_presets, "models": list_models,
+            return _listing({"presets": list_presets, "models": lambda: list_models(params=True),
                              "losses": list_losses}[args.command]())
         _parser().print_help()
         return 0

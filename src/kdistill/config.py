@@ -7,11 +7,11 @@ from __future__ import annotations
 import copy
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Annotated, Any, Literal, Sequence
 
 import yaml
-from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_validator,
-                      model_validator)
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationError,
+                      field_validator, model_validator)
 
 from .data.augment import Augment
 from .errors import ConfigError
@@ -21,17 +21,35 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-PerChannel = float | list[float] | None
+def _values(value: float | list[float] | None) -> list[float]:
+    return [] if value is None else [value] if isinstance(value, (int, float)) else list(value)
+
+
+def _one_per_channel(value: float | list[float] | None) -> float | list[float] | None:
+    if value is not None and not 1 <= len(_values(value)) <= 3:
+        raise ValueError("give one value or one per channel")
+    return value
+
+
+def _positive(value: float | list[float] | None) -> float | list[float] | None:
+    if any(v <= 0 for v in _values(value)):
+        raise ValueError("std must be positive")
+    return value
+
+
+Mean = Annotated[float | list[float] | None, AfterValidator(_one_per_channel)]
+Std = Annotated[float | list[float] | None, AfterValidator(_one_per_channel),
+                AfterValidator(_positive)]
 
 
 class DataConfig(_Strict):
     name: str = Field("mnist", description="registered dataset (mnist, fashion-mnist, cifar10, "
                       "cifar100), or a path: an image folder, an .npz file or an IDX directory")
     root: str | None = Field(None, description="data root; default $KDISTILL_DATA or the user cache")
-    mean: PerChannel = Field(None, description="Normalize mean of pixels in [0, 1]: one value or "
+    mean: Mean = Field(None, description="Normalize mean of pixels in [0, 1]: one value or "
                              "one per channel; default the dataset's customary constants (your "
                              "own data: its training images' mean)")
-    std: PerChannel = Field(None, description="Normalize std, like mean")
+    std: Std = Field(None, description="Normalize std, like mean")
     image_size: int | list[int] | None = Field(None, description="resize images to N x N or "
                                                "[H, W]; default their own size (mixed sizes in "
                                                "an image folder need it)")
@@ -59,16 +77,6 @@ class DataConfig(_Strict):
                                                "for validation (never trained on); ignored when "
                                                "the data has its own val split")
 
-    @field_validator("mean", "std")
-    @classmethod
-    def _per_channel(cls, value: PerChannel, info) -> PerChannel:
-        values = [value] if isinstance(value, (int, float)) else value
-        if values is not None and not (1 <= len(values) <= 3):
-            raise ValueError("give one value or one per channel")
-        if values is not None and info.field_name == "std" and min(values) <= 0:
-            raise ValueError("std must be positive")
-        return value
-
     @model_validator(mode="after")
     def _one_shift(self) -> "DataConfig":
         if self.translate and self.crop_padding:
@@ -90,15 +98,29 @@ class TrainConfig(_Strict):
                                                     "whose gradients add up (less memory)")
     lr: float = Field(1e-3, gt=0, description="learning rate")
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
-    schedule: Literal["constant", "cosine"] = Field("constant", description="learning-rate schedule")
+    momentum: float = Field(0.9, ge=0, lt=1, description="sgd: momentum")
+    nesterov: bool = Field(True, description="sgd: Nesterov momentum")
+    schedule: Literal["constant", "cosine", "multistep"] = Field(
+        "constant", description="learning-rate schedule: constant, cosine (per step to 0) or "
+                                "multistep (x gamma after each epoch in milestones)")
+    milestones: list[int] = Field([], description="multistep: the epochs after which the "
+                                                  "learning rate is multiplied by gamma")
+    gamma: float = Field(0.1, gt=0, le=1, description="multistep: the factor at each milestone")
     features: str | None = Field(None, description="module path whose output feature objectives "
                                                    "(fitnets, at) use; default the penultimate layer")
     weight_decay: float = Field(0.0, ge=0)
 
 
 class TeacherConfig(TrainConfig):
-    weights: str | None = Field(None, description="load these safetensors weights instead of "
-                                                   "training the teacher")
+    epochs: int = Field(5, ge=0, description="0: use the teacher as built (e.g. a pretrained "
+                                             "factory), not trained here")
+    weights: str | None = Field(None, description="use the teacher with these weights, not trained "
+                                "here: safetensors, or a PyTorch checkpoint read with "
+                                "weights_only=True (a state_dict, or one under model / state_dict "
+                                "/ model_state_dict; a 'module.' prefix is dropped)")
+    mean: Mean = Field(None, description="the teacher's own input Normalize mean (e.g. an "
+                             "ImageNet-pretrained teacher); default the data's")
+    std: Std = Field(None, description="the teacher's own Normalize std, like mean")
     ensemble: int = Field(1, ge=1, le=16, description="train N teachers (seeds seed..seed+N-1) "
                                                       "and distil from their averaged soft targets")
 
@@ -112,6 +134,8 @@ class DistillConfig(_Strict):
     standardize: bool = Field(False, description="z-score logits before softening (Sun et al. 2024)")
     feature_weight: float | None = Field(None, ge=0, description="weight of the fitnets/at hint "
                                                                  "(default 1 and 1000)")
+    warmup_epochs: int = Field(0, ge=0, description="ramp the distillation terms (all but "
+                               "cross-entropy) linearly over the first N epochs (DKD: 20)")
 
     @field_validator("loss")
     @classmethod

@@ -13,7 +13,7 @@ import operator
 import sys
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -41,9 +41,16 @@ class Distiller(nn.Module):
     """
 
     def __init__(self, student: nn.Module, teacher: nn.Module | torch.Tensor | None = None,
-                 loss: str = "kl", *, features: nn.Module | None = None,
+                 loss: str = "kl", *, features: nn.Module | None = None, warmup_epochs: int = 0,
+                 teacher_inputs: Callable[[torch.Tensor], torch.Tensor] | None = None,
                  **loss_params: float) -> None:
         super().__init__()
+        # the distillation terms (all but "ce") ramp up linearly over the first warmup_epochs
+        # (mdistiller's DKD warm-up); a tensor, so a recorded CUDA graph sees each new value
+        self.warmup_epochs = warmup_epochs
+        self.warmup = torch.ones(())
+        # a live teacher with its own normalisation gets the student's batch re-normalised
+        self.teacher_inputs = teacher_inputs
         self.student = student
         # a feature objective (losses.FeatureDistillation): hooks on both models, maybe an adapter
         self.features = features
@@ -55,8 +62,17 @@ class Distiller(nn.Module):
         self.loss_name = loss if teacher is not None else "ce"
         self.objective = bind_loss(loss, **loss_params) if teacher is not None else None
 
+    def set_epoch(self, epoch: int, device: torch.device | str = "cpu") -> None:
+        """Tell the objective which epoch (1-based) is about to run."""
+        if self.warmup.device != torch.device(device):
+            self.warmup = self.warmup.to(device)
+        ramp = min(1.0, epoch / self.warmup_epochs) if self.warmup_epochs else 1.0
+        self.warmup.fill_(ramp)
+
     def train(self, mode: bool = True) -> "Distiller":
         self.student.train(mode)
+        if self.features is not None:
+            self.features.train(mode)
         if self.teacher is not None:
             self.teacher.eval()  # the teacher never trains: no dropout, frozen statistics
         return self
@@ -81,10 +97,13 @@ class Distiller(nn.Module):
             teacher_logits = rows(table, index) if view is None else table[view, index]
         else:
             with torch.no_grad():
-                teacher_logits = self.teacher(x)
+                teacher_x = x if self.teacher_inputs is None else self.teacher_inputs(x)
+                teacher_logits = self.teacher(teacher_x)
         terms = self.objective(logits, teacher_logits, y)
         if self.features is not None:
             terms.update(self.features())
+        if self.warmup_epochs:
+            terms = {k: v if k == "ce" else v * self.warmup for k, v in terms.items()}
         return logits, terms
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -101,21 +120,36 @@ def micro_slices(n: int, parts: int) -> list[slice]:
     return [slice(a, b) for a, b in zip(bounds, bounds[1:])]
 
 
-def make_scheduler(name: str, opt: torch.optim.Optimizer,
-                   total_steps: int) -> torch.optim.lr_scheduler.LRScheduler:
-    """``constant`` or ``cosine`` (per-step decay from lr to 0 over the whole schedule)."""
+def make_scheduler(name: str, opt: torch.optim.Optimizer, total_steps: int,
+                   steps_per_epoch: int = 1, milestones: Sequence[int] = (),
+                   gamma: float = 0.1) -> torch.optim.lr_scheduler.LRScheduler:
+    """Stepped once per optimisation step: ``constant``; ``cosine`` (decay from lr to 0 over the
+    whole schedule); ``multistep`` (x ``gamma`` once each epoch in ``milestones`` has ended,
+    RepDistiller's schedule: milestones 150, 180, 210 make epoch 151 the first at lr x 0.1)."""
     if name == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total_steps)
+    if name == "multistep":
+        return torch.optim.lr_scheduler.MultiStepLR(
+            opt, milestones=[m * steps_per_epoch for m in milestones], gamma=gamma)
     return torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0, total_iters=0)
 
 
-def make_optimizer(name: str, params, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+def make_optimizer(name: str, params, lr: float, weight_decay: float, momentum: float = 0.9,
+                   nesterov: bool = True) -> torch.optim.Optimizer:
     # fused: one kernel per step instead of ~10 small ops per tensor (20 % faster on the student)
     if name == "adam":
         return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=True)
     if name == "adamw":
         return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True)
-    return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay, nesterov=True)
+    return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay,
+                           nesterov=nesterov and momentum > 0)
+
+
+def _average_gradients(module: nn.Module, world: int) -> None:
+    """Average ``module``'s gradients over the processes, as DDP does for the student."""
+    for p in module.parameters():
+        if p.grad is not None:
+            p.grad.copy_(distributed.all_reduce_sum(p.grad) / world)
 
 
 class NonFiniteLoss(KdistillError):
@@ -123,7 +157,9 @@ class NonFiniteLoss(KdistillError):
 
 
 def fit(distiller: Distiller, train: Images, *, epochs: int, batch_size: int, lr: float,
-        seed: int, optimizer: str = "adam", weight_decay: float = 0.0, schedule: str = "constant",
+        seed: int, optimizer: str = "adam", weight_decay: float = 0.0, momentum: float = 0.9,
+        nesterov: bool = True, schedule: str = "constant", milestones: Sequence[int] = (),
+        gamma: float = 0.1,
         augment: Augment = Augment(), evaluate_on: Images | None = None,
         on_epoch_end: Callable[[dict], None] | None = None,
         progress: bool | None = None, desc: str = "train", checkpoint: Path | None = None,
@@ -161,14 +197,15 @@ def fit(distiller: Distiller, train: Images, *, epochs: int, batch_size: int, lr
                          f"augmentation {augment} (per-view logits need shifts alone)")
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
-    opt = make_optimizer(optimizer, distiller.get_learnable_parameters(), lr, weight_decay)
+    opt = make_optimizer(optimizer, distiller.get_learnable_parameters(), lr, weight_decay,
+                         momentum, nesterov)
     world, rank = distributed.world_size(), distributed.rank()
     device = train.labels.device  # data may be any object with Images' interface
     student = DistributedDataParallel(distiller.student) if world > 1 else distiller.student
     distiller.student_runner = torch.compile(student) if compile else student
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     steps = math.ceil(len(train) / batch_size)
-    scheduler = make_scheduler(schedule, opt, epochs * steps)
+    scheduler = make_scheduler(schedule, opt, epochs * steps, steps, milestones, gamma)
     show = sys.stderr.isatty() if progress is None else progress
     shifts_only = augment.views is not None  # drawn for a whole epoch at once, see below
     term_names: list[str] = []
@@ -202,6 +239,8 @@ def fit(distiller: Distiller, train: Images, *, epochs: int, batch_size: int, lr
             values = torch.stack([t.detach().float() for t in (loss, *terms.values())])
             values = values if weight == 1 else values * weight
             logged = values if logged is None else logged + values
+        if world > 1 and distiller.features is not None:
+            _average_gradients(distiller.features, world)  # DDP averages the student's only
         scaler.step(opt)
         scaler.update()
         term_names[:] = terms
@@ -219,6 +258,7 @@ def fit(distiller: Distiller, train: Images, *, epochs: int, batch_size: int, lr
                                          generator)
     for epoch in range(done + 1, epochs + 1):
         distiller.train()
+        distiller.set_epoch(epoch, device)
         start = time.perf_counter()
         losses: list[torch.Tensor] = []  # per step, left on the device until the epoch ends
         bar = tqdm(total=steps, desc=f"{desc} {epoch}/{epochs}", disable=not show, leave=False,

@@ -23,10 +23,10 @@ from torch import nn
 
 from . import __version__, distributed
 from .bench import deployment_bench, describe_model
-from .checkpoint import load_weights, save_weights
+from .checkpoint import load_teacher_weights, load_weights, save_weights
 from .config import RunConfig, from_dict, load_config, to_yaml
 from .data import Dataset, load_dataset, normalize
-from .data.batches import per_channel, split
+from .data.batches import per_channel, renormalize, split
 from .device import describe, resolve_device
 from .engine import (Distiller, Images, evaluate, fit, predict_logits_shared, predict_views,
                      tabulate_views)
@@ -268,9 +268,6 @@ def run(config: RunConfig | str | Path | dict | None = None, out: str | Path | N
     if cfg.teacher.ensemble > 1 and is_feature_loss(cfg.distill.loss):
         raise ConfigError(f"config key 'distill.loss': {cfg.distill.loss} needs a single teacher",
                           "set teacher.ensemble=1 or use a logit objective")
-    if world > 1 and is_feature_loss(cfg.distill.loss):
-        raise ConfigError(f"config key 'distill.loss': {cfg.distill.loss} is not supported with "
-                          "several processes yet", "run it in one process")
     for role, spec in (("teacher", cfg.teacher), ("student", cfg.student)):
         if spec.batch_size % world:
             raise ConfigError(f"config key '{role}.batch_size': {spec.batch_size} does not split "
@@ -291,7 +288,7 @@ def run(config: RunConfig | str | Path | dict | None = None, out: str | Path | N
     models = {role: _build_teacher(cfg, dataset) if role == "teacher" else
               _build("student", spec, cfg.seed, dataset) for role, spec in roles.items()}
     if cfg.teacher.weights:
-        load_weights(cfg.teacher.weights, models["teacher"])
+        load_teacher_weights(cfg.teacher.weights, models["teacher"])
     for model in models.values():
         model.to(device)
     if resume is None:
@@ -379,6 +376,16 @@ def export_run(run_dir: str | Path, data: Dataset | None = None) -> dict[str, di
     return out
 
 
+def best_epoch(history: list[dict]) -> dict:
+    """The epoch of highest test accuracy, as RepDistiller reports: shown for comparison with
+    papers, never used to choose anything ({} without per-epoch test accuracy)."""
+    scored = [h for h in history if h.get("test_accuracy") is not None]
+    if not scored:
+        return {}
+    best = max(scored, key=lambda h: h["test_accuracy"])
+    return {"best_test_accuracy": best["test_accuracy"], "best_test_epoch": best["epoch"]}
+
+
 class _Experiment:
     """One run's phases, each skipped when a resumed run already finished it."""
 
@@ -388,6 +395,9 @@ class _Experiment:
                  tensorboard: bool = False, retrain_teacher: bool = False) -> None:
         self.cfg, self.out_dir, self.metrics, self.dataset = cfg, out_dir, metrics, dataset
         self.train, self.val, self.test = splits
+        t = cfg.teacher  # the teacher's own normalisation, if it has one
+        self.teacher_norm = (self.train.mean if t.mean is None else t.mean,
+                             self.train.std if t.std is None else t.std)
         self.models, self.started = models, started
         # Under torchrun every process trains on its share of each global batch; only rank 0
         # prints and writes.
@@ -401,6 +411,12 @@ class _Experiment:
         self.teacher_keys: list[str] = []  # cache keys of the teacher (each ensemble member)
         if self.main:
             (out_dir / "checkpoints").mkdir(exist_ok=True)
+
+    def seen_by(self, role: str, split: Images) -> Images:
+        """``split`` normalised as ``role`` takes its inputs (the teacher may have its own)."""
+        if role != "teacher":
+            return split
+        return Images(split.images, split.labels, *self.teacher_norm)
 
     def save_metrics(self) -> None:
         if self.main:
@@ -459,7 +475,8 @@ class _Experiment:
 
     def _train_all(self) -> None:
         cfg = self.cfg
-        self.train_model("teacher", cfg.teacher, trained=bool(cfg.teacher.weights))
+        self.train_model("teacher", cfg.teacher,
+                         trained=bool(cfg.teacher.weights) or cfg.teacher.epochs == 0)
         teacher_logits = self._teacher_logits()
         self.train_model("student", cfg.student,
                          self.models["teacher"] if teacher_logits is None else teacher_logits)
@@ -504,7 +521,7 @@ class _Experiment:
                 self.log.say(f"teacher  logits on all {views} shifted views of the training set")
             predict = (functools.partial(predict_views, augment=augment) if views
                        else predict_logits_shared)
-            logits = predict(self.models["teacher"], self.train,
+            logits = predict(self.models["teacher"], self.seen_by("teacher", self.train),
                              batch_size=cfg.eval_batch_size, precision=cfg.precision)
             if key and self.main:
                 self.cache.store_logits(key, name, logits)
@@ -521,15 +538,19 @@ class _Experiment:
                 model, teacher, self.train.inputs(slice(0, 2)), feature_kind(cfg.distill.loss),
                 student_layer=cfg.student.features, teacher_layer=cfg.teacher.features,
                 weight=cfg.distill.feature_weight)
-        d = cfg.distill
+        d, role = cfg.distill, "teacher" if name.startswith("teacher") else "student"
         distiller = Distiller(model, teacher, d.loss, features=features, temperature=d.temperature,
-                              alpha=d.alpha, beta=d.beta, standardize=d.standardize)
+                              alpha=d.alpha, beta=d.beta, standardize=d.standardize,
+                              warmup_epochs=d.warmup_epochs, teacher_inputs=renormalize(
+                                  (self.train.mean, self.train.std), self.teacher_norm))
         t0 = time.perf_counter()
-        history = fit(distiller, self.train, epochs=spec.epochs, batch_size=spec.batch_size,
-                      lr=spec.lr, seed=seed, optimizer=spec.optimizer,
-                      weight_decay=spec.weight_decay, schedule=spec.schedule,
-                      augment=cfg.data.augment(),
-                      evaluate_on=self.test, on_epoch_end=self.log.epoch(name, spec.epochs),
+        history = fit(distiller, self.seen_by(role, self.train), epochs=spec.epochs,
+                      batch_size=spec.batch_size, lr=spec.lr, seed=seed, optimizer=spec.optimizer,
+                      weight_decay=spec.weight_decay, momentum=spec.momentum,
+                      nesterov=spec.nesterov, schedule=spec.schedule,
+                      milestones=spec.milestones, gamma=spec.gamma, augment=cfg.data.augment(),
+                      evaluate_on=self.seen_by(role, self.test),
+                      on_epoch_end=self.log.epoch(name, spec.epochs),
                       progress=self.show, desc=name,
                       checkpoint=self.out_dir / "checkpoints" / f"{name}.safetensors",
                       checkpoint_every=cfg.checkpoint_every, precision=cfg.precision,
@@ -602,16 +623,18 @@ class _Experiment:
             history, extra = self._train_teacher(model)
         elif not trained:
             history = self._fit(role, model, spec, teacher, cfg.seed)
-        result = evaluate(model, self.test, cfg.eval_batch_size, self.dataset.num_classes)
+        test = self.seen_by(role, self.test)
+        result = evaluate(model, test, cfg.eval_batch_size, self.dataset.num_classes)
         entry = {"model": spec.model, "test_accuracy": result["accuracy"],
                  "test_loss": result["loss"], "per_class_accuracy": result["per_class_accuracy"],
-                 "confusion": result["confusion"],
+                 "confusion": result["confusion"], "trained_here": not trained,
                  "train_seconds": sum(h["seconds"] for h in history), "history": history}
-        entry.update(extra)
-        if trained:
+        entry.update(extra, **best_epoch(history))
+        if trained and cfg.teacher.weights:
             entry["weights"] = str(cfg.teacher.weights)
         if len(self.val):
-            entry["val_accuracy"] = evaluate(model, self.val, cfg.eval_batch_size)["accuracy"]
+            entry["val_accuracy"] = evaluate(model, self.seen_by(role, self.val),
+                                             cfg.eval_batch_size)["accuracy"]
         meta = {"role": role, "model": spec.model, "kwargs": spec.kwargs,
                 "dataset": self.dataset.name, "test_accuracy": result["accuracy"],
                 "kdistill_version": __version__}

@@ -167,6 +167,23 @@ def deployment_table(metrics: dict) -> list[str]:
     return rows
 
 
+def _provenance_lines(models: dict) -> list[str]:
+    """Say when the teacher was not trained here, and the best test-epoch accuracies beside
+    the headline (papers in the RepDistiller line report those; kdistill chooses nothing by them)."""
+    out = []
+    teacher = models.get("teacher", {})
+    if teacher.get("trained_here") is False:
+        source = f"the weights in `{teacher['weights']}`" if teacher.get("weights") else "its factory"
+        out += [f"The teacher was not trained here: it is {source}, as it was given; its "
+                "accuracy above is measured by this run.", ""]
+    best = [f"{LABELS[r]} {pct(m['best_test_accuracy'])} (epoch {m['best_test_epoch']})"
+            for r, m in models.items() if "best_test_accuracy" in m]
+    if best:
+        out += ["Best test-epoch accuracy, selected on the test set as RepDistiller reports, "
+                "for comparison with papers only: " + ", ".join(best) + ".", ""]
+    return out
+
+
 def render(metrics: dict, plots: dict[str, str] | None = None) -> str:
     """The whole ``report.md`` as text; ``plots`` maps plot names to paths relative to the run."""
     plots = plots or {}
@@ -186,6 +203,7 @@ def render(metrics: dict, plots: dict[str, str] | None = None) -> str:
         "Accuracy is on the test set after the last epoch (nothing was selected on it).",
         "", "## Results", "", results_table(metrics), "",
     ]
+    out += _provenance_lines(models)
     if "control" in models:
         gain = models["student"]["test_accuracy"] - models["control"]["test_accuracy"]
         out += [f"Distillation {'gained' if gain >= 0 else 'lost'} **{100 * abs(gain):.2f} points** "
@@ -207,7 +225,8 @@ def render(metrics: dict, plots: dict[str, str] | None = None) -> str:
                 "student's minus the teacher's; red off the diagonal marks a mistake the student "
                 "makes more often than the teacher, blue on the diagonal a class it gets right "
                 "less often.", "", *_image(plots, "confusion")]
-    if (cfg["teacher"]["model"], cfg["student"]["model"]) == ("spec-teacher", "spec-student"):
+    if (cfg["data"]["name"], cfg["teacher"]["model"], cfg["student"]["model"]) == (
+            "mnist", "spec-teacher", "spec-student"):  # the spec's experiment, on its data
         out += _against_spec(models)
     t = metrics.get("timings", {})
     if t:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 
@@ -108,3 +108,22 @@ def split(dataset, val_size: int = 0, mean: float | Sequence[float] | None = Non
                         "use a smaller validation split")
     return (Images(dataset.train_images[:n_train], dataset.train_labels[:n_train], **norm),
             Images(dataset.train_images[n_train:], dataset.train_labels[n_train:], **norm), test)
+
+
+def renormalize(source: tuple, target: tuple) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """The map from inputs normalised by ``source`` (mean, std) to the same pixels normalised by
+    ``target``: per channel ``x * s_std / t_std + (s_mean - t_mean) / t_std``, equal to
+    normalising the uint8 batch the target's way up to float rounding. None when they agree."""
+    (s_mean, s_std), (t_mean, t_std) = ((per_channel(m), per_channel(s)) for m, s in (source, target))
+    if (s_mean, s_std) == (t_mean, t_std):
+        return None
+    c = max(len(s_mean), len(s_std), len(t_mean), len(t_std))
+    full = [v * c if len(v) == 1 else v for v in (s_mean, s_std, t_mean, t_std)]
+    scale = [ss / ts for ss, ts in zip(full[1], full[3])]
+    shift = [(sm - tm) / ts for sm, tm, ts in zip(full[0], full[2], full[3])]
+
+    def to_target(x: torch.Tensor) -> torch.Tensor:
+        a = torch.tensor(scale, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+        b = torch.tensor(shift, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+        return x * a + b
+    return to_target

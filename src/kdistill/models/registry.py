@@ -27,8 +27,8 @@ def register_model(name: str, description: str):
     return wrap
 
 
-register_model("spec-teacher", "the spec's CNN teacher (67,786 params)")(TeacherNet)
-register_model("spec-student", "the spec's 784-128-10 MLP student (101,770 params)")(StudentNet)
+register_model("spec-teacher", "the spec's CNN teacher")(TeacherNet)
+register_model("spec-student", "the spec's 784-128-10 MLP student")(StudentNet)
 register_model("cnn", "a stronger CNN teacher: 4 conv-BN-ReLU, 2 pools, fc 256 "
                       "(kwargs: width=32, dropout=0.3)")(ConvNet)
 register_model("hinton-teacher", "Hinton et al.'s MLP teacher 784-1200-1200-10, dropout 0.5 "
@@ -60,12 +60,22 @@ def data_kwargs(factory: Callable[..., Any], shape: Sequence[int] | None,
     return {k: v for k, v in known.items() if k in params}
 
 
-def list_models() -> dict[str, str]:
-    """Registered names with one line each (and what the data tells them), plus the patterns."""
+def _default_size(factory: Callable[..., Any]) -> str:
+    """' (N params at its default num_classes)', counted by building it."""
+    classes = inspect.signature(factory).parameters.get("num_classes")
+    default = classes.default if classes is not None and classes.default is not inspect.Parameter.empty else None
+    count = count_params(factory())
+    return f" ({count:,} params" + (f" at {default} classes)" if default else ")")
+
+
+def list_models(params: bool = False) -> dict[str, str]:
+    """Registered names with one line each (and what the data tells them), plus the patterns;
+    with ``params``, each registered model is built once to count its parameters."""
     def told(factory: Callable[..., Any]) -> str:
         names = list(data_kwargs(factory, (1, 1, 1), 1))
         return f" [told: {', '.join(names)}]" if names else ""
-    return {**{n: d + told(f) for n, (f, d) in _MODELS.items()},
+    return {**{n: d + (_default_size(f) if params else "") + told(f)
+               for n, (f, d) in _MODELS.items()},
             "mlp:auto-H1-...-10": "a ReLU MLP with the given layer sizes; auto = C x H x W of "
                                   "the data (kwargs: dropout)",
             "package.module:factory": "your own nn.Module factory, called with kwargs (and "
