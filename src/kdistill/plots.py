@@ -26,8 +26,14 @@ DPI = 100
 PLOT_DIR = "plots"
 
 
+def _text(value: object) -> str:
+    """A value from the metrics as literal matplotlib text: ``$`` escaped, so a class or model
+    name like ``$\\foo$`` is not parsed as mathtext (and cannot fail the plot)."""
+    return str(value).replace("$", r"\$")
+
+
 def _label(role: str) -> str:
-    return LABELS.get(role, role)
+    return LABELS.get(role) or _text(role)
 
 
 def _color(role: str) -> str | None:
@@ -142,7 +148,7 @@ def confusion_figure(metrics: dict) -> Figure | None:
     if student is None:
         return None
     student = np.asarray(student, dtype=int)
-    classes = [str(c) for c in metrics.get("dataset", {}).get("classes", [])]
+    classes = [_text(c) for c in metrics.get("dataset", {}).get("classes", [])]
     if len(classes) != len(student):
         classes = [str(i) for i in range(len(student))]
     teacher = models.get("teacher", {}).get("confusion")

@@ -3,16 +3,24 @@
 The markdown is the one source of the report's words; the HTML is that markdown converted by a
 small converter for the subset :func:`render` writes, with every plot inlined as a data URI so
 the file opens in a browser on its own (and can be mailed or attached as one file).
+
+A run directory is passed around, so every value in its ``metrics.json`` (names, descriptions,
+class and model names, environment strings) is untrusted. Values enter the markdown only through
+:func:`md_text` / :func:`md_code` (one line, markdown and HTML characters backslash-escaped, so a
+value shows as exactly its text and can start no block, table cell or raw HTML); the converter
+escapes every text node and attribute, inlines only PNG files inside the run directory, and the
+page carries a Content-Security-Policy that allows no script at all.
 """
 from __future__ import annotations
 
 import base64
 import html
-import json
 import re
 from pathlib import Path
 
+from .errors import KdistillError
 from .files import atomic_write_text
+from .runfiles import read_metrics
 
 # What the seed spec (seed-README.md) published, to set beside our numbers.
 SPEC = {
@@ -32,6 +40,37 @@ CAPTIONS = {"accuracy": "Test accuracy per epoch",
             "tradeoff": "Test accuracy against batch-1 latency and multiply-adds per sample "
                         "(the control runs exactly like the student)",
             "confusion": "The student's confusion matrix and its difference from the teacher's"}
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+# Characters that would make a value markup in markdown or raw HTML (`|` a table cell).
+_MD_SPECIAL = re.compile(r"([\\`*\[\]<>|&~])")
+
+
+def _one_line(value: object) -> str:
+    """``value`` as text on one line: control characters and runs of white space become a space."""
+    return " ".join(_CONTROL.sub(" ", str(value)).split())
+
+
+def md_text(value: object) -> str:
+    """An untrusted value as markdown text that shows exactly as itself: on one line (it cannot
+    start a heading, image or table row), with every markdown or HTML character escaped, ``|``
+    included, so it stays one table cell."""
+    text = _MD_SPECIAL.sub(r"\\\1", _one_line(value))
+    return re.sub(r"(?<!\w)_|_(?!\w)", r"\\_", text)  # intraword _ is never emphasis
+
+
+def md_code(value: object, table: bool = False) -> str:
+    """An untrusted value as a markdown code span (escaped text when it holds a backtick, which
+    would end the span); ``table``: the span sits in a table cell, where ``|`` is escaped."""
+    text = _one_line(value)
+    if not text or "`" in text:
+        return md_text(text)
+    return "`" + (text.replace("|", r"\|") if table else text) + "`"
+
+
+def _label(role: str) -> str:
+    return LABELS.get(role) or md_text(role)
 
 
 def pct(x: float | None) -> str:
@@ -58,9 +97,10 @@ def results_table(metrics: dict) -> str:
         delta = ("–" if control is None or role != "student"
                  else f"{100 * (m['test_accuracy'] - control):+.2f} pts")
         latency = f"{inf['latency_batch1_ms']:.3f} ms" if inf else "–"
-        throughput = f"{inf['throughput_per_s']:,.0f} /s @ {inf['throughput_batch']}" if inf else "–"
+        throughput = (f"{inf['throughput_per_s']:,.0f} /s @ {md_text(inf['throughput_batch'])}"
+                      if inf else "–")
         rows.append(
-            f"| {LABELS[role]} | `{m['model']}` | {pct(m['test_accuracy'])} | {delta} | "
+            f"| {LABELS[role]} | {md_code(m['model'], table=True)} | {pct(m['test_accuracy'])} | {delta} | "
             f"{num(m['params'])} | {num(m['macs_per_sample'])} | {num(m['size_bytes'])} | "
             f"{latency} | {throughput} |")
     return "\n".join(rows)
@@ -107,7 +147,7 @@ def speed_ratios(metrics: dict) -> str | None:
     ti, si = inf["teacher"], inf["student"]
     return (f"{ti['latency_batch1_ms'] / si['latency_batch1_ms']:.1f}x faster at batch 1 and has "
             f"{si['throughput_per_s'] / ti['throughput_per_s']:.1f}x the throughput at batch "
-            f"{si['throughput_batch']}")
+            f"{md_text(si['throughput_batch'])}")
 
 
 def _against_spec(models: dict) -> list[str]:
@@ -150,13 +190,13 @@ def deployment_table(metrics: dict) -> list[str]:
             through = {int(b): v for b, v in r.get("throughput_per_s", {}).items()}
             delta = (f" ({100 * r['accuracy_delta']:+.2f} pts)" if "accuracy_delta" in r else "")
             size = r.get("bytes") or metrics["models"][role]["size_bytes"]
-            rows.append(f"| {LABELS[role]} | {runtime} | {r['latency_batch1_ms']:.3f} / "
+            rows.append(f"| {_label(role)} | {md_text(runtime)} | {r['latency_batch1_ms']:.3f} / "
                         f"{r['latency_batch1_p90_ms']:.3f} ms | "
                         + " | ".join(f"{through[b]:,.0f} /s" for b in batches)
                         + f" | {pct(r['test_accuracy'])}{delta} | {size:,} |")
-    parity = [f"{LABELS[r]} max |Δlogit| {d['onnx_parity']['max_abs_logit_diff']:.1e}"
+    parity = [f"{_label(r)} max |Δlogit| {d['onnx_parity']['max_abs_logit_diff']:.1e}"
               for r, d in deployment.items() if "onnx_parity" in d]
-    memory = [f"{LABELS[r]} {d['peak_memory_bytes'] / 2**20:.1f} MiB" for r, d in deployment.items()]
+    memory = [f"{_label(r)} {d['peak_memory_bytes'] / 2**20:.1f} MiB" for r, d in deployment.items()]
     rows += ["", "ONNX Runtime runs the exported model (parity checked on the whole test set: "
              + ", ".join(parity) + ", identical predictions); int8 is ONNX Runtime's dynamic "
              "quantization of the linear layers (int8 weights, activations quantized on the fly; "
@@ -173,10 +213,11 @@ def _provenance_lines(models: dict) -> list[str]:
     out = []
     teacher = models.get("teacher", {})
     if teacher.get("trained_here") is False:
-        source = f"the weights in `{teacher['weights']}`" if teacher.get("weights") else "its factory"
+        source = (f"the weights in {md_code(teacher['weights'])}" if teacher.get("weights")
+                  else "its factory")
         out += [f"The teacher was not trained here: it is {source}, as it was given; its "
                 "accuracy above is measured by this run.", ""]
-    best = [f"{LABELS[r]} {pct(m['best_test_accuracy'])} (epoch {m['best_test_epoch']})"
+    best = [f"{_label(r)} {pct(m['best_test_accuracy'])} (epoch {md_text(m['best_test_epoch'])})"
             for r, m in models.items() if "best_test_accuracy" in m]
     if best:
         out += ["Best test-epoch accuracy, selected on the test set as RepDistiller reports, "
@@ -189,17 +230,19 @@ def render(metrics: dict, plots: dict[str, str] | None = None) -> str:
     plots = plots or {}
     cfg, env = metrics["config"], metrics["env"]
     models = metrics["models"]
-    out = [f"# kdistill report: {metrics.get('name', 'run')}", ""]
-    if cfg.get("description"):
-        out += [f"_{cfg['description']}_", ""]
+    out = [f"# kdistill report: {md_text(metrics.get('name', 'run'))}", ""]
+    if md_text(cfg.get("description") or ""):
+        out += [f"_{md_text(cfg['description'])}_", ""]
     status = metrics.get("status", "complete")
     if status != "complete":
-        out += [f"**Status: {status}.** The numbers below are partial.", ""]
+        out += [f"**Status: {md_text(status)}.** The numbers below are partial.", ""]
     d = cfg["distill"]
     out += [
-        f"Dataset **{metrics['dataset']['name']}** ({metrics['dataset']['train_size']:,} train / "
-        f"{metrics['dataset']['test_size']:,} test, source: {metrics['dataset'].get('source', '?')}). "
-        f"Objective **{d['loss']}** (T = {d['temperature']}, α = {d['alpha']}), seed {cfg['seed']}. "
+        f"Dataset **{md_text(metrics['dataset']['name'])}** ({metrics['dataset']['train_size']:,} "
+        f"train / {metrics['dataset']['test_size']:,} test, "
+        f"source: {md_text(metrics['dataset'].get('source', '?'))}). "
+        f"Objective **{md_text(d['loss'])}** (T = {md_text(d['temperature'])}, "
+        f"α = {md_text(d['alpha'])}), seed {md_text(cfg['seed'])}. "
         "Accuracy is on the test set after the last epoch (nothing was selected on it).",
         "", "## Results", "", results_table(metrics), "",
     ]
@@ -215,8 +258,8 @@ def render(metrics: dict, plots: dict[str, str] | None = None) -> str:
     if inf:
         out += ["Timings: median of repeated calls after warm-up, in blocks of consecutive "
                 "calls of one model over distinct test batches, the blocks in rotation, freed "
-                f"memory kept for reuse, {env.get('threads')} threads (batch-1 latency: 1) on "
-                f"{env.get('cpu') or env.get('device')}.", ""]
+                f"memory kept for reuse, {md_text(env.get('threads'))} threads (batch-1 latency: 1) "
+                f"on {md_text(env.get('cpu') or env.get('device'))}.", ""]
     out += ["## Accuracy per epoch", "", _history_table(metrics), "", *_image(plots, "accuracy")]
     out += deployment_table(metrics)
     if "confusion" in plots:
@@ -231,10 +274,11 @@ def render(metrics: dict, plots: dict[str, str] | None = None) -> str:
     t = metrics.get("timings", {})
     if t:
         out += ["## Time", "", "| phase | seconds |", "|---|---:|",
-                *[f"| {k.removesuffix('_seconds')} | {v:.2f} |" for k, v in t.items()], ""]
-    out += [f"Environment: torch {env.get('torch')}, Python {env.get('python')}, "
-            f"{env.get('threads')} threads, device {env.get('device')}, "
-            f"kdistill {metrics.get('kdistill_version')} (commit {env.get('git_commit') or 'n/a'}).", ""]
+                *[f"| {md_text(k.removesuffix('_seconds'))} | {v:.2f} |" for k, v in t.items()], ""]
+    out += [f"Environment: torch {md_text(env.get('torch'))}, Python {md_text(env.get('python'))}, "
+            f"{md_text(env.get('threads'))} threads, device {md_text(env.get('device'))}, "
+            f"kdistill {md_text(metrics.get('kdistill_version'))} "
+            f"(commit {md_text(env.get('git_commit') or 'n/a')}).", ""]
     return "\n".join(out)
 
 
@@ -242,8 +286,8 @@ def render(metrics: dict, plots: dict[str, str] | None = None) -> str:
 def run_summary(run_dir: Path) -> dict:
     """Status and key numbers of one run directory, read from its ``metrics.json``."""
     try:
-        metrics = json.loads((run_dir / "metrics.json").read_text())
-    except (OSError, ValueError):
+        metrics = read_metrics(run_dir)
+    except KdistillError:
         return {"run": str(run_dir), "status": "unreadable"}
     models = metrics.get("models", {})
     accuracy = {role: models.get(role, {}).get("test_accuracy") for role in ROLES}
@@ -265,7 +309,7 @@ def list_runs(directory: str | Path) -> list[dict]:
 def runs_table(summaries: list[dict]) -> str:
     """Summaries as an aligned plain-text table, one run a line."""
     head = ("run", "status", "teacher", "student", "control", "gain (pts)", "seconds")
-    rows = [head] + [(s["run"], s["status"], *(pct(s.get(r)).replace(" %", "%") for r in ROLES),
+    rows = [head] + [(_CONTROL.sub("?", s["run"]), _CONTROL.sub("?", str(s["status"])), *(pct(s.get(r)).replace(" %", "%") for r in ROLES),
                       "–" if s.get("gain") is None else f"{100 * s['gain']:+.2f}",
                       "–" if s.get("seconds") is None else f"{s['seconds']:.1f}")
                      for s in summaries]
@@ -280,6 +324,7 @@ HTML_TEMPLATE = """<!DOCTYPE html>
 <html lang="en">
 <head>
 <meta charset="utf-8">
+<meta http-equiv="Content-Security-Policy" content="{csp}">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{title}</title>
 <style>
@@ -304,40 +349,81 @@ figcaption {{ color: #666; font-size: .85em; }}
 </body>
 </html>
 """
-_CODE = re.compile(r"(`[^`]+`)")
+# The page runs no script and fetches nothing: inline CSS and inlined PNGs are all it uses.
+CSP = ("default-src 'none'; img-src data:; style-src 'unsafe-inline'; base-uri 'none'; "
+       "form-action 'none'")
+# A code span, or a backslash escape of an ASCII punctuation character (CommonMark).
+_TOKEN = re.compile(r"(`[^`]+`|\\[!-/:-@\[-`{-~])")
 _IMAGE = re.compile(r"^!\[(?P<alt>[^\]]*)\]\((?P<src>[^)]+)\)$")
+# An image source the converter inlines: a relative path of plain names (no scheme, no
+# leading /, no ..); anything else (javascript:, data:, http:, /etc/...) stays text.
+_RELATIVE_PATH = re.compile(r"\w[\w.-]*(?:/\w[\w.-]*)*")
+_PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def _escape(text: str) -> str:
+    return html.escape(text, quote=True)
 
 
 def _inline(text: str) -> str:
-    """Escape ``text`` and turn its `code`, **bold** and _italic_ spans into HTML."""
-    parts = []
-    for i, part in enumerate(_CODE.split(text)):
-        if i % 2:
-            parts.append(f"<code>{html.escape(part[1:-1])}</code>")
+    """Escape ``text`` and turn its `code`, **bold** and _italic_ spans and backslash escapes
+    into HTML; nothing else in it becomes markup."""
+    text = text.replace("\x00", "")
+    parts, spans = [], []
+    for i, part in enumerate(_TOKEN.split(text)):
+        if not i % 2:
+            parts.append(_escape(part))
             continue
-        part = html.escape(part, quote=False)
-        part = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", part)
-        parts.append(re.sub(r"(?<!\w)_(\S(?:.*?\S)?)_(?!\w)", r"<em>\1</em>", part))
-    return "".join(parts)
+        # Code and escaped characters are final: emphasis is not looked for inside them.
+        spans.append(f"<code>{_escape(part[1:-1])}</code>" if part[0] == "`" else _escape(part[1]))
+        parts.append(f"\x00{len(spans) - 1}\x00")
+    out = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", "".join(parts))
+    out = re.sub(r"(?<!\w)_(\S(?:.*?\S)?)_(?!\w)", r"<em>\1</em>", out)
+    return re.sub(r"\x00(\d+)\x00", lambda m: spans[int(m[1])], out)
 
 
 def _cells(line: str) -> list[str]:
-    return [c.strip() for c in line.strip().strip("|").split("|")]
+    """The cells of a table row; ``\\|`` is a pipe inside a cell (GFM), also in code."""
+    cells = re.split(r"(?<!\\)\|", line.strip())
+    if cells and not cells[0].strip():
+        cells = cells[1:]
+    if cells and not cells[-1].strip():
+        cells = cells[:-1]
+    return [c.replace("\\|", "|").strip() for c in cells]
 
 
 def _table(lines: list[str]) -> str:
     """A markdown table (header, alignment row, body rows) as an HTML table."""
     aligns = ["right" if c.endswith(":") else "left" for c in _cells(lines[1])]
-    head = "".join(f'<th style="text-align:{a}">{_inline(c)}</th>'
-                   for c, a in zip(_cells(lines[0]), aligns))
-    body = "".join("<tr>" + "".join(f'<td style="text-align:{a}">{_inline(c)}</td>'
-                                    for c, a in zip(_cells(line), aligns)) + "</tr>\n"
-                   for line in lines[2:])
-    return f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}</tbody>\n</table>"
+
+    def row(line: str, tag: str) -> str:
+        cells = _cells(line) + [""] * len(aligns)  # GFM: missing cells empty, extra ones dropped
+        return "".join(f'<{tag} style="text-align:{a}">{_inline(c)}</{tag}>'
+                       for c, a in zip(cells, aligns))
+
+    body = "".join(f"<tr>{row(line, 'td')}</tr>\n" for line in lines[2:])
+    return (f"<table>\n<thead><tr>{row(lines[0], 'th')}</tr></thead>\n<tbody>\n{body}</tbody>\n"
+            "</table>")
 
 
-def _data_uri(path: Path) -> str:
-    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+def _data_uri(data: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+
+
+def _image_src(src: str, base_dir: Path) -> str | None:
+    """What an image's ``src`` attribute gets: a PNG inside ``base_dir`` as a data URI, a
+    relative path to a file not there as itself; None (show the markdown as text) for any other
+    URL or path and for a file that is not a PNG."""
+    if not _RELATIVE_PATH.fullmatch(src):
+        return None
+    root = base_dir.resolve()
+    path = (root / src).resolve()  # a link pointing out of the run directory is refused
+    if not path.is_relative_to(root):
+        return None
+    if not path.exists():
+        return _escape(src)
+    data = path.read_bytes() if path.is_file() else b""
+    return _data_uri(data) if data.startswith(_PNG) else None
 
 
 def markdown_to_html(markdown: str, base_dir: Path) -> str:
@@ -350,10 +436,8 @@ def markdown_to_html(markdown: str, base_dir: Path) -> str:
         if lines[0].startswith("#"):
             level = len(lines[0]) - len(lines[0].lstrip("#"))
             blocks.append(f"<h{level}>{_inline(lines[0][level:].strip())}</h{level}>")
-        elif image:
-            alt = html.escape(image["alt"])
-            src = base_dir / image["src"]
-            uri = _data_uri(src) if src.is_file() else html.escape(image["src"])
+        elif image and (uri := _image_src(image["src"], base_dir)) is not None:
+            alt = _escape(image["alt"])
             blocks.append(f'<figure><img src="{uri}" alt="{alt}">'
                           f"<figcaption>{alt}</figcaption></figure>")
         elif all(line.startswith("|") for line in lines) and len(lines) >= 2:
@@ -368,9 +452,10 @@ def markdown_to_html(markdown: str, base_dir: Path) -> str:
 
 def render_html(markdown: str, base_dir: Path) -> str:
     """A complete, self-contained HTML page for a report's markdown."""
-    title = next((line.lstrip("# ") for line in markdown.splitlines() if line.startswith("# ")),
-                 "kdistill report")
-    return HTML_TEMPLATE.format(title=html.escape(title), body=markdown_to_html(markdown, base_dir))
+    heading = next((line[2:] for line in markdown.splitlines() if line.startswith("# ")),
+                   "kdistill report")
+    title = re.sub(r"<[^>]*>", "", _inline(heading.strip()))  # escaped text, without its tags
+    return HTML_TEMPLATE.format(csp=CSP, title=title, body=markdown_to_html(markdown, base_dir))
 
 
 def write_report(run_dir: str | Path) -> Path:
@@ -380,7 +465,7 @@ def write_report(run_dir: str | Path) -> Path:
     from .plots import write_plots
 
     run_dir = Path(run_dir)
-    metrics = json.loads((run_dir / "metrics.json").read_text())
+    metrics = read_metrics(run_dir)  # one schema, no links: a handed run may hold anything
     markdown = render(metrics, write_plots(run_dir, metrics))
     path = run_dir / "report.md"
     atomic_write_text(path, markdown)
