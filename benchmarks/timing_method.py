@@ -32,7 +32,7 @@ import torch
 from kdistill.bench import LATENCY_BLOCK, THROUGHPUT_BLOCK, reused_memory, time_blocks
 from kdistill.errors import KdistillError
 from kdistill.export import ort_call, ort_session
-from kdistill.pipeline import load_run
+from kdistill.rundir import load_run
 
 
 def main() -> None:

@@ -78,7 +78,7 @@ def test_listings():
     (["run", "data.name=imagenet"], "unknown dataset 'imagenet'"),
     (["run", "student.model=nowhere_pkg.mod:make"], "student.model"),
     (["run", "--config", "/nonexistent/c.yaml"], "does not exist"),
-    (["report", "/nonexistent"], "no metrics.json"),
+    (["report", "/nonexistent"], "is not a kdistill run directory"),  # one wording everywhere
 ])
 def test_bad_input_is_one_line_and_exit_2(args, match, tmp_path):
     result = kdistill(*args, "--out", str(tmp_path / "o"), env=_env()) if args[0] == "run" else \

@@ -54,6 +54,13 @@ def _weights(tmp: Path, kind: str) -> str:
     return str(path)
 
 
+def _huge_header(tmp: Path) -> str:
+    """A safetensors file whose 8-byte header length claims 2**60 bytes."""
+    path = tmp / "huge.safetensors"
+    path.write_bytes((2**60).to_bytes(8, "little") + b'{"a": 1}')
+    return str(path)
+
+
 def _corrupt_cache(tmp: Path) -> str:
     """A data root whose cached MNIST labels file has one flipped byte."""
     root = tmp / "root"
@@ -129,6 +136,63 @@ def _cifar_root(tmp: Path, case: str | None) -> str:
         sha = _bad_archive(case, path)
         cifar.ARCHIVES["cifar10"] = dataclasses.replace(cifar.ARCHIVES["cifar10"], sha256=sha)
     return str(tmp / "root")
+
+
+# ---------------------------------------------------------------- a run directory handed to you
+def _copied_run(tmp: Path, edit=None) -> str:
+    """A copy of the finished run (its files real, not links), changed by ``edit(copy)``."""
+    copy = tmp / "handed"
+    shutil.copytree(tmp / "earlier", copy)
+    if edit is not None:
+        edit(copy)
+    return str(copy)
+
+
+def _names_code(copy: Path, status: str = "complete") -> None:
+    """The issue's run: config.yaml edited to build the student by os.system("touch PWNED")."""
+    import yaml
+
+    config = yaml.safe_load((copy / "config.yaml").read_text())
+    config["student"].update(model="os:system", kwargs={"command": "touch PWNED"})
+    (copy / "config.yaml").write_text(yaml.safe_dump(config))
+    metrics = json.loads((copy / "metrics.json").read_text())
+    metrics["status"] = status
+    (copy / "metrics.json").write_text(json.dumps(metrics))
+
+
+def _link(copy: Path, name: str, target: Path, directory: bool = False) -> None:
+    path = copy / name
+    shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+    target.mkdir(exist_ok=True) if directory else target.write_text("{}")
+    path.symlink_to(target)
+
+
+def _metrics_text(text: str):
+    return lambda copy: (copy / "metrics.json").write_text(text)
+
+
+def _metrics_edit(edit):
+    def apply(copy: Path) -> None:
+        metrics = json.loads((copy / "metrics.json").read_text())
+        edit(metrics)
+        (copy / "metrics.json").write_text(json.dumps(metrics))
+    return apply
+
+
+def _sparse(path: Path, size: int) -> str:
+    with open(path, "wb") as f:
+        f.truncate(size)  # claims the size without taking the disk
+    return str(path)
+
+
+def _resumed_elsewhere(copy: Path, root: str) -> None:
+    """A stopped run whose config.yaml now names MNIST under another (corrupt) data root."""
+    import yaml
+
+    config = yaml.safe_load((copy / "config.yaml").read_text())
+    config["data"].update(name="mnist", root=root)
+    (copy / "config.yaml").write_text(yaml.safe_dump(config))
+    _metrics_edit(lambda m: m.update(status="running"))(copy)
 
 
 
@@ -209,11 +273,13 @@ CASES = {
     "out-holds-run": (lambda t, d: ["run", f"data.name={d}", *FAST, "--out", str(t / "earlier")],
                       r"already holds a run"),
     "val-too-large": (lambda t, d: ["run", f"data.name={d}", "data.val_size=100000"], r"'data.val_size'"),
-    "resume-nothing": (lambda t, d: ["run", "--resume", str(t / "nowhere")], r"no resumable run"),
+    "resume-nothing": (lambda t, d: ["run", "--resume", str(t / "nowhere")],
+                       r"is not a kdistill run directory \(no such directory\)"),
     "resume-complete": (lambda t, d: ["run", "--resume", str(t / "earlier")], r"already complete"),
     "resume-with-overrides": (lambda t, d: ["run", "--resume", str(t / "earlier"), "seed=3"],
                               r"--resume continues a run with its own config"),
-    "report-no-run": (lambda t, d: ["report", str(t / "nowhere")], r"no metrics.json"),
+    "report-no-run": (lambda t, d: ["report", str(t / "nowhere")],
+                      r"is not a kdistill run directory \(no such directory\)"),
     "fetch-unknown": (lambda t, d: ["data", "fetch", "svhn"], r"unknown dataset 'svhn'"),
     "folder-no-images": (lambda t, d: ["run", "data.name=" + _folder(t, lambda r: [
         p.unlink() for p in r.rglob("*.png")])], r"no images|empty|no image"),
@@ -247,6 +313,43 @@ CASES = {
                                           _cifar_root(t, "member ../evil")], r"\.\./evil"),
     "cifar-symlink-member": (lambda t, d: ["run", "data.name=cifar10", "--data-root",
                                            _cifar_root(t, "symlink member")], r"(?i)link"),
+    "run-names-code-bench": (lambda t, d: ["bench", _copied_run(t, _names_code)],
+                             r"names code to run: os:system.*--trust-code"),
+    "run-names-code-export": (lambda t, d: ["export", _copied_run(t, _names_code)],
+                              r"names code to run: os:system.*--trust-code"),
+    "run-names-code-resume": (lambda t, d: ["run", "--resume", _copied_run(
+        t, lambda c: _names_code(c, "running"))], r"names code to run: os:system.*--trust-code"),
+    "run-metrics-symlink": (lambda t, d: ["report", _copied_run(
+        t, lambda c: _link(c, "metrics.json", t / "elsewhere.json"))], r"symbolic link"),
+    "run-plots-symlink": (lambda t, d: ["report", _copied_run(
+        t, lambda c: _link(c, "plots", t / "outside", directory=True))], r"symbolic link"),
+    "run-report-html-symlink": (lambda t, d: ["report", _copied_run(
+        t, lambda c: _link(c, "report.html", t / "victim.html"))], r"symbolic link"),
+    "run-metrics-truncated": (lambda t, d: ["report", _copied_run(t, _metrics_text('{"models": '))],
+                              r"is not a kdistill run directory \(metrics.json is not valid JSON"),
+    "run-metrics-list": (lambda t, d: ["report", _copied_run(t, _metrics_text("[]"))],
+                         r"is not a kdistill run directory \(metrics.json"),
+    "run-metrics-empty-models": (lambda t, d: ["report", _copied_run(t, _metrics_text('{"models": {}}'))],
+                                 r"metrics.json: status: field required"),
+    "run-metrics-wrong-type": (lambda t, d: ["bench", _copied_run(t, _metrics_edit(
+        lambda m: m["models"]["student"].update(test_accuracy="high")))],
+        r"metrics.json: models.student.test_accuracy"),
+    "run-metrics-huge": (lambda t, d: ["report", _copied_run(t, lambda c: _sparse(
+        c / "metrics.json", 65 * 2**20))], r"metrics.json is 68,157,440 bytes, more than"),
+    "run-missing-everywhere-bench": (lambda t, d: ["bench", str(t / "nowhere")],
+                                     r"is not a kdistill run directory \(no such directory\)"),
+    "resume-changed-data-root": (lambda t, d: ["run", "--resume", _copied_run(
+        t, lambda c: _resumed_elsewhere(c, _corrupt_cache(t)))], r"sha256"),
+    "config-huge": (lambda t, d: ["run", "--config", _sparse(t / "big.yaml", 2 * 2**20)],
+                    r"more than the 1,048,576 a config may take"),
+    "config-deep-yaml": (lambda t, d: (t / "deep.yaml").write_text("a: " + "[" * 50000) and
+                         ["run", "--config", str(t / "deep.yaml")], r"nests too deeply|not valid YAML"),
+    "idx-header-claims-terabytes": (lambda t, d: ["run", "data.name=" + _idx_variant(
+        t, _replace(IMAGES, bytes([0, 0, 8, 3]) + (2**31).to_bytes(4, "big") * 3 + b"\0" * 64))],
+        r"truncated or padded"),
+    "weights-header-claims-exabytes": (lambda t, d: ["run", f"data.name={d}", *FAST,
+                                                     "teacher.weights=" + _huge_header(t)],
+                                       r"not a valid safetensors"),
 }
 
 

@@ -81,7 +81,8 @@ def test_interrupted_run_resumes_bitwise(reference, tmp_path, sig, phase):
 def test_a_locked_run_directory_is_refused(reference, tmp_path, capsys):
     out = tmp_path / "run"
     out.mkdir()
-    (out / "metrics.json").write_text(json.dumps({"status": "interrupted", "name": "seed"}))
+    metrics = json.loads((reference / "metrics.json").read_text())  # a real run's, stopped
+    (out / "metrics.json").write_text(json.dumps({**metrics, "status": "interrupted"}))
     (out / "config.yaml").write_text((reference / "config.yaml").read_text())
     with open(out / ".lock", "a+") as held:
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 import kdistill
+import kdistill.rundir
 from kdistill.cli import main
 from kdistill.data import Dataset, Images, load_dataset, normalize
 from kdistill.data.arrays import resize, to_channels
@@ -195,5 +196,5 @@ def test_python_api_runs_on_arrays(tmp_path):
     assert result.metrics["config"]["data"]["name"] == "python:colours"
     assert result.metrics["models"]["student"]["test_accuracy"] > 0.5
     with pytest.raises(DataError, match="given in Python"):
-        kdistill.pipeline.load_run(tmp_path / "run")
-    assert kdistill.pipeline.load_run(tmp_path / "run", data)[3].images.shape[1:] == (3, 32, 32)
+        kdistill.rundir.load_run(tmp_path / "run")
+    assert kdistill.rundir.load_run(tmp_path / "run", data)[3].images.shape[1:] == (3, 32, 32)

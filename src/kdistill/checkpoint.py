@@ -70,7 +70,7 @@ def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, A
         header_len = struct.unpack("<Q", data[:8])[0]
         header = json.loads(data[8:8 + header_len])
         meta = json.loads(header.get("__metadata__", {}).get(METADATA_KEY, "{}"))
-    except (SafetensorError, ValueError) as exc:
+    except (SafetensorError, ValueError, RecursionError) as exc:
         raise CheckpointError(f"{path} is not a valid safetensors file: {exc}",
                               "it is truncated or corrupt; re-create it") from None
     return tensors, meta

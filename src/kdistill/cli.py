@@ -80,6 +80,8 @@ def _parser() -> argparse.ArgumentParser:
                                     "mps (same as device=)")
     r.add_argument("--nproc", type=int, default=1, metavar="N",
                    help="train with N processes (DistributedDataParallel via torchrun)")
+    r.add_argument("--trust-code", action="store_true",
+                   help="allow a resumed run's config to name code (package.module:factory) to import and run")
     r.add_argument("--print-config", action="store_true",
                    help="print the resolved config (every key, overrides applied) as YAML and exit")
     r.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. seed=1")
@@ -100,9 +102,11 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("run_dir", type=Path)
     b.add_argument("--no-onnx", action="store_true", help="time eager PyTorch only")
     b.add_argument("--json", action="store_true", help="print the measurements as JSON")
+    b.add_argument("--trust-code", action="store_true", help="allow the run's config to name code (package.module:factory) to import and run")
     e = _add(sub, "export", "export a run's models to ONNX with a parity check")
     e.add_argument("run_dir", type=Path)
-    e.add_argument("--onnx", action="store_true", required=True, help="export format (ONNX)")
+    e.add_argument("--onnx", action="store_true", help="export format: ONNX (the default and only one)")
+    e.add_argument("--trust-code", action="store_true", help="allow the run's config to name code (package.module:factory) to import and run")
     runs = _add(sub, "runs", "list runs with their status and key numbers")
     runs.add_argument("directory", type=Path, nargs="?", default=Path("runs"),
                       help="a directory of runs, or one run (default runs/)")
@@ -119,6 +123,8 @@ def _parser() -> argparse.ArgumentParser:
         st.add_argument("--data-root", help="where datasets live (same as data.root)")
         st.add_argument("--verbose", action="store_true", help="show each run's own progress")
         st.add_argument("--quiet", action="store_true", help="print only the final table")
+        st.add_argument("--trust-code", action="store_true",
+                        help="allow earlier runs reused from --out to name code to import and run")
         if name == "compare":
             st.add_argument("--seeds", type=int, default=3, metavar="N",
                             help="seeds per objective: the config's seed + 0..N-1 (default 3)")
@@ -165,7 +171,7 @@ def _cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
     try:
         if args.resume:
             run(resume=args.resume, overrides=overrides, out=args.out, quiet=args.quiet,
-                tensorboard=args.tensorboard)
+                tensorboard=args.tensorboard, trust_code=args.trust_code)
         else:
             run(args.config or args.preset, args.out, overrides=overrides, quiet=args.quiet,
                 tensorboard=args.tensorboard, retrain_teacher=args.retrain_teacher)
@@ -247,10 +253,12 @@ def _cmd_study(args: argparse.Namespace) -> int:
     config = args.config or args.preset
     if args.command == "compare":
         rows = study.compare(args.objectives, config, args.out, seeds=args.seeds,
-                             overrides=overrides, verbose=args.verbose, progress=say)
+                             overrides=overrides, verbose=args.verbose, progress=say,
+                             trust_code=args.trust_code)
         print(study.compare_markdown(rows), end="")
         return 0
-    rows = study.sweep(overrides, config, args.out, verbose=args.verbose, progress=say)
+    rows = study.sweep(overrides, config, args.out, verbose=args.verbose, progress=say,
+                       trust_code=args.trust_code)
     print(study.sweep_markdown(rows), end="")
     return 0
 
@@ -299,9 +307,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "report":
             from .report import write_report
 
-            if not (args.run_dir / "metrics.json").is_file():
-                raise KdistillError(f"{args.run_dir} has no metrics.json", "give a run directory")
-            print(write_report(args.run_dir))
+            print(write_report(args.run_dir))  # reads metrics.json through the run schema
             return 0
         if args.command in ("compare", "sweep"):
             return _cmd_study(args)
@@ -310,10 +316,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "runs":
             return _cmd_runs(args.directory)
         if args.command == "bench":
-            from .pipeline import bench_run
             from .report import deployment_table, speed_ratios
+            from .rundir import bench_run
 
-            metrics = bench_run(args.run_dir, onnx=not args.no_onnx)
+            metrics = bench_run(args.run_dir, onnx=not args.no_onnx, trust_code=args.trust_code)
             if args.json:
                 print(json.dumps(metrics["deployment"], indent=2))
                 return 0
@@ -322,9 +328,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"Saved in {args.run_dir / 'metrics.json'} and {args.run_dir / 'report.md'}.")
             return 0
         if args.command == "export":
-            from .pipeline import export_run
+            from .rundir import export_run
 
-            for role, info in export_run(args.run_dir).items():
+            for role, info in export_run(args.run_dir, trust_code=args.trust_code).items():
                 print(f"{role}: {info['path']}  max |Δlogit| {info['max_abs_logit_diff']:.2e}, "
                       f"identical test predictions: {info['identical_predictions']}")
             return 0

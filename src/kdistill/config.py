@@ -203,6 +203,8 @@ def _read_yaml(text: str, origin: str) -> dict[str, Any]:
         where = getattr(exc, "problem_mark", None)
         at = f" at line {where.line + 1}" if where else ""
         raise ConfigError(f"{origin} is not valid YAML{at}", "fix the syntax") from None
+    except RecursionError:
+        raise ConfigError(f"{origin} nests too deeply", "a config is a few levels of keys") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -219,8 +221,15 @@ def preset_dict(name: str) -> dict[str, Any]:
                       f"preset {name}")
 
 
+MAX_CONFIG_BYTES = 2**20  # a config file: a few kB in practice
+
+
 def file_dict(path: str | Path) -> dict[str, Any]:
     try:
+        size = Path(path).stat().st_size
+        if size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"config file {path} is {size:,} bytes, more than the "
+                              f"{MAX_CONFIG_BYTES:,} a config may take", "check the path")
         text = Path(path).read_text()
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist", "check the path") from None

@@ -30,9 +30,9 @@ from .data.batches import per_channel, renormalize, split
 from .device import describe, resolve_device
 from .engine import (Distiller, Images, evaluate, fit, predict_logits_shared, predict_views,
                      tabulate_views)
-from .export import check_parity, export_onnx, ort_session
 from .errors import ConfigError, DataError, KdistillError, RunInterrupted
 from .files import atomic_write_json, atomic_write_text
+from .runfiles import read_config, read_metrics
 from .losses import FeatureDistillation, feature_kind, is_feature_loss
 from .models import Ensemble, create_model
 from .report import write_report
@@ -105,7 +105,7 @@ def prepare_out_dir(out: str | Path | None, name: str) -> Path:
     return out_dir
 
 
-def _build(role: str, spec, seed: int, dataset: Dataset) -> nn.Module:
+def build_model(role: str, spec, seed: int, dataset: Dataset) -> nn.Module:
     """Build a model reproducibly from ``seed``, told the data's shape and classes, and check it
     maps the dataset's images to its classes."""
     torch.manual_seed(seed)
@@ -129,10 +129,10 @@ def _build(role: str, spec, seed: int, dataset: Dataset) -> nn.Module:
     return model.train()
 
 
-def _build_teacher(cfg: RunConfig, dataset: Dataset) -> nn.Module:
+def build_teacher(cfg: RunConfig, dataset: Dataset) -> nn.Module:
     """The teacher, or with ``teacher.ensemble`` N > 1 an :class:`Ensemble` of N teachers built
     (and later trained) with seeds seed, seed+1, ..."""
-    members = [_build("teacher", cfg.teacher, cfg.seed + i, dataset)
+    members = [build_model("teacher", cfg.teacher, cfg.seed + i, dataset)
                for i in range(cfg.teacher.ensemble)]
     return members[0] if len(members) == 1 else Ensemble(members, cfg.distill.temperature)
 
@@ -185,7 +185,7 @@ class _Reporter:
 
 
 @contextlib.contextmanager
-def _locked(out_dir: Path):
+def locked(out_dir: Path):
     """Hold an exclusive lock on the run directory (released by the OS even on kill -9)."""
     handle = open(out_dir / ".lock", "a+")
     try:
@@ -200,7 +200,7 @@ def _locked(out_dir: Path):
         handle.close()
 
 
-def _splits(cfg: RunConfig, dataset: Dataset) -> tuple[Images, Images, Images]:
+def splits_for(cfg: RunConfig, dataset: Dataset) -> tuple[Images, Images, Images]:
     """Train / validation / test, normalised lazily as ``data.mean`` / ``data.std`` say."""
     return split(dataset, cfg.data.val_size, cfg.data.mean, cfg.data.std)
 
@@ -220,27 +220,19 @@ def load_data(cfg: RunConfig, data: Dataset | None = None) -> Dataset:
     return dataset.subset(d.train_subset)
 
 
-def _read_metrics(run_dir: Path, problem: str, hint: str) -> dict:
-    """A run directory's metrics.json, or one error line: '<dir> <problem> (no readable ...)'."""
-    try:
-        return json.loads((run_dir / "metrics.json").read_text())
-    except (OSError, ValueError):
-        raise KdistillError(f"{run_dir} {problem} (no readable metrics.json)", hint) from None
-
-
-def _open_resumed(run_dir: str | Path) -> tuple[Path, RunConfig, dict]:
+def _open_resumed(run_dir: str | Path, trust_code: bool) -> tuple[Path, RunConfig, dict]:
     out_dir = Path(run_dir)
-    metrics = _read_metrics(out_dir, "holds no resumable run",
-                            "give the directory of a run that was stopped")
+    metrics = read_metrics(out_dir)
     if metrics.get("status") == "complete":
         raise KdistillError(f"{out_dir} is already complete", "nothing to resume")
-    return out_dir, load_config(path=out_dir / "config.yaml"), metrics
+    return out_dir, read_config(out_dir, trust_code), metrics
 
 
 def run(config: RunConfig | str | Path | dict | None = None, out: str | Path | None = None, *,
         overrides: Sequence[str] = (), quiet: bool = False, progress: bool | None = None,
         resume: str | Path | None = None, tensorboard: bool = False,
-        retrain_teacher: bool = False, data: Dataset | None = None) -> Run:
+        retrain_teacher: bool = False, data: Dataset | None = None,
+        trust_code: bool = False) -> Run:
     """Run the whole experiment; ``config`` is a preset name (default ``seed``), YAML path,
     dict or :class:`RunConfig`, and ``overrides`` are ``key=value`` strings. ``data`` is a
     :class:`~kdistill.data.Dataset` of your own (e.g. ``Dataset.from_arrays``) used instead of
@@ -248,14 +240,15 @@ def run(config: RunConfig | str | Path | dict | None = None, out: str | Path | N
     the directory of a stopped run to continue from its last checkpoints instead; with
     ``tensorboard`` every epoch's numbers also go to TensorBoard event files in ``tensorboard/``.
     A teacher trained before with the same recipe comes from the teacher cache unless
-    ``retrain_teacher``."""
+    ``retrain_teacher``. A resumed run's config may name code (``package.module:factory``)
+    only with ``trust_code`` (a run directory is data someone may have handed you)."""
     started = time.perf_counter()
     distributed.init_from_env()  # a no-op unless started by torchrun
     if resume is not None:
         if config is not None or overrides or out is not None:
             raise ConfigError("--resume continues a run with its own config",
                               "drop the preset, config file, --out and overrides")
-        out_dir, cfg, metrics = _open_resumed(resume)
+        out_dir, cfg, metrics = _open_resumed(resume, trust_code)
         name = metrics.get("name", out_dir.name)
     else:
         cfg, name = resolve_config(config, overrides)
@@ -280,13 +273,13 @@ def run(config: RunConfig | str | Path | dict | None = None, out: str | Path | N
     if data is not None:
         cfg.data.name = f"{PYTHON_DATA}{data.name}"
     dataset = load_data(cfg, data)
-    train, val, test = (part.to(device) for part in _splits(cfg, dataset))
+    train, val, test = (part.to(device) for part in splits_for(cfg, dataset))
     roles = {"teacher": cfg.teacher, "student": cfg.student}
     if cfg.control:
         roles["control"] = cfg.student
     # The student and its control start from the same weights: both are built from cfg.seed.
-    models = {role: _build_teacher(cfg, dataset) if role == "teacher" else
-              _build("student", spec, cfg.seed, dataset) for role, spec in roles.items()}
+    models = {role: build_teacher(cfg, dataset) if role == "teacher" else
+              build_model("student", spec, cfg.seed, dataset) for role, spec in roles.items()}
     if cfg.teacher.weights:
         load_teacher_weights(cfg.teacher.weights, models["teacher"])
     for model in models.values():
@@ -294,7 +287,7 @@ def run(config: RunConfig | str | Path | dict | None = None, out: str | Path | N
     if resume is None:
         out_dir = _on_main(lambda: prepare_out_dir(out, name))
         metrics = {"name": name, "kdistill_version": __version__}
-    with _locked(out_dir) if distributed.is_main() else contextlib.nullcontext():
+    with locked(out_dir) if distributed.is_main() else contextlib.nullcontext():
         result = _Experiment(cfg, out_dir, metrics, dataset, (train, val, test), models, quiet,
                              progress, started, tensorboard, retrain_teacher).run()
     distributed.barrier()
@@ -330,50 +323,6 @@ def record_bench(metrics: dict, cfg: RunConfig, models: dict[str, nn.Module], te
                "throughput_per_s": d["runtimes"]["eager"]["throughput_per_s"][biggest],
                "throughput_batch": biggest}
         for role, d in deployment.items()}
-
-
-def load_run(run_dir: str | Path, data: Dataset | None = None
-             ) -> tuple[Path, RunConfig, dict, Images, dict[str, nn.Module]]:
-    """A finished run's directory, config, metrics, test split and trained models (``data``:
-    the Dataset a run made from Python data was given)."""
-    run_dir = Path(run_dir)
-    metrics = _read_metrics(run_dir, "is not a run", "give a run directory")
-    cfg = load_config(path=run_dir / "config.yaml")
-    dataset = load_data(cfg, data)
-    test = _splits(cfg, dataset)[2]
-    models = {}
-    for role in metrics.get("models", {}):
-        models[role] = (_build_teacher(cfg, dataset) if role == "teacher" else
-                        _build("student", cfg.student, cfg.seed, dataset))
-        load_weights(run_dir / f"{role}.safetensors", models[role])
-    if not {"teacher", "student"} <= set(models):
-        raise KdistillError(f"{run_dir} has no trained teacher and student yet",
-                            "finish it with kdistill run --resume")
-    return run_dir, cfg, metrics, test, models
-
-
-def bench_run(run_dir: str | Path, onnx: bool = True, data: Dataset | None = None) -> dict:
-    """Re-measure a finished run (``kdistill bench``): update metrics.json and the report."""
-    run_dir, cfg, metrics, test, models = load_run(run_dir, data)
-    torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
-    cfg.bench.onnx = onnx
-    with _locked(run_dir):
-        record_bench(metrics, cfg, models, test, run_dir)
-        metrics["env"] = environment()
-        atomic_write_json(run_dir / "metrics.json", metrics)
-        write_report(run_dir)
-    return metrics
-
-
-def export_run(run_dir: str | Path, data: Dataset | None = None) -> dict[str, dict]:
-    """Export every model of a finished run to ONNX (``kdistill export --onnx``), parity-checked."""
-    run_dir, _, _, test, models = load_run(run_dir, data)
-    out = {}
-    with _locked(run_dir):
-        for role, model in models.items():
-            path = export_onnx(model, test.inputs(slice(0, 1)), run_dir / f"{role}.onnx")
-            out[role] = {"path": str(path), **check_parity(model, ort_session(path), test)}
-    return out
 
 
 def best_epoch(history: list[dict]) -> dict:

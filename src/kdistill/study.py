@@ -97,17 +97,18 @@ def _recipe(pairs: Sequence[tuple[str, str]]) -> tuple:
 
 # ---------------------------------------------------------------- running
 
-def _run_point(config: Config, out_dir: Path, overrides: list[str], verbose: bool) -> dict:
-    """One run's metrics: read back when ``out_dir`` holds a complete run, resumed from its
-    checkpoints when it holds a stopped one, else trained."""
+def _run_point(config: Config, out_dir: Path, overrides: list[str], verbose: bool,
+               trust_code: bool = False) -> dict:
+    """One run's metrics: read back (through the run schema) when ``out_dir`` holds a complete
+    run, resumed from its checkpoints when it holds a stopped one, else trained."""
     from .pipeline import run
+    from .runfiles import read_metrics
 
-    metrics_file = out_dir / "metrics.json"
-    if metrics_file.is_file():
-        metrics = json.loads(metrics_file.read_text())
+    if (out_dir / "metrics.json").exists():
+        metrics = read_metrics(out_dir)
         if metrics.get("status") == "complete":
             return metrics
-        return run(resume=out_dir, quiet=not verbose).metrics
+        return run(resume=out_dir, quiet=not verbose, trust_code=trust_code).metrics
     return run(config, out_dir, overrides=overrides, quiet=not verbose).metrics
 
 
@@ -116,7 +117,8 @@ def _accuracy(metrics: dict, role: str) -> float | None:
 
 
 def _run_group(config: Config, base: list[str], points: list[tuple[list[tuple[str, str]], Path]],
-               control: bool, verbose: bool, say: Progress, label: str) -> list[dict]:
+               control: bool, verbose: bool, say: Progress, label: str,
+               trust_code: bool = False) -> list[dict]:
     """Run points in order; the first of each recipe trains the teacher (and the control);
     the rest reuse that teacher's weights and are paired with that control."""
     shared: dict[tuple, dict] = {}
@@ -129,11 +131,10 @@ def _run_group(config: Config, base: list[str], points: list[tuple[list[tuple[st
         else:
             overrides += ["control=false", f"teacher.weights={first['teacher_weights']}"]
         t = time.perf_counter()
-        metrics = _run_point(config, out_dir, overrides, verbose)
-        if first is None:
-            weights = metrics.get("models", {}).get("teacher", {}).get("weights")
+        metrics = _run_point(config, out_dir, overrides, verbose, trust_code)
+        if first is None:  # the teacher's copy in the run, never a path read from metrics.json
             first = shared[_recipe(pairs)] = {
-                "teacher_weights": weights or str((out_dir / "teacher.safetensors").resolve()),
+                "teacher_weights": str((out_dir / "teacher.safetensors").resolve()),
                 "control": _accuracy(metrics, "control"), "control_run": str(out_dir)}
         row = {"run_dir": str(out_dir), "teacher": _accuracy(metrics, "teacher"),
                "student": _accuracy(metrics, "student"), "control": first["control"],
@@ -191,7 +192,7 @@ def paired_test(a: list[float], b: list[float]) -> tuple[float | None, float | N
 
 def compare(objectives: Sequence[str], config: Config = None, out: str | Path | None = None, *,
             seeds: int = 3, overrides: Sequence[str] = (), verbose: bool = False,
-            progress: Progress = None) -> list[dict]:
+            progress: Progress = None, trust_code: bool = False) -> list[dict]:
     """Train each objective (a string of ``key=value`` settings) with ``seeds`` seeds
     (``seed`` = the config's seed + i) and pair every student with its seed's control.
 
@@ -218,7 +219,7 @@ def compare(objectives: Sequence[str], config: Config = None, out: str | Path | 
         seed = base_seed + i
         points = [(pairs, out_dir / s / f"seed{seed}") for pairs, s in zip(parsed, slugs)]
         rows = _run_group(config, [*base, f"seed={seed}"], points, True, verbose, progress,
-                          f"compare seed {seed}")
+                          f"compare seed {seed}", trust_code)
         for j, row in enumerate(rows):
             per_objective[j].append({"seed": seed, **row})
     summary = [_summarise(text, s, runs) for text, s, runs in zip(objectives, slugs, per_objective)]
@@ -289,7 +290,7 @@ def _write_compare(out_dir: Path, summary: list[dict], runs: list[list[dict]], b
 
 def sweep(swept: dict[str, Sequence] | Sequence[str], config: Config = None,
           out: str | Path | None = None, *, overrides: Sequence[str] = (), verbose: bool = False,
-          progress: Progress = None) -> list[dict]:
+          progress: Progress = None, trust_code: bool = False) -> list[dict]:
     """Run every combination of the swept values, one run each into ``out/<slug>/``.
 
     ``swept`` is ``{"distill.temperature": [1, 4], ...}`` or CLI-style strings
@@ -313,7 +314,7 @@ def sweep(swept: dict[str, Sequence] | Sequence[str], config: Config = None,
     out_dir = Path(out) if out else _default_out("sweep")
     slugs = _unique([slug(p) for p in combos])
     results = _run_group(config, base, [(p, out_dir / s) for p, s in zip(combos, slugs)],
-                         control, verbose, progress, "sweep")
+                         control, verbose, progress, "sweep", trust_code)
     rows = [{**{k: parse_value(v) for k, v in pairs}, "slug": s, **r}
             for pairs, s, r in zip(combos, slugs, results)]
     out_dir.mkdir(parents=True, exist_ok=True)
