@@ -169,6 +169,8 @@ def markdown(meta: dict, rows: list[dict], plans: list[dict]) -> str:
             mark = " (fastest variant)" if p is fastest else ""
             lines.append(f"| {p['plan']}{mark} | {' / '.join(p['variants'].values())} | "
                          f"{p['projected_hours']:.1f} |")
+    lines += ["", "GPU rows: not measured here (this benchmark times the CPU; the GPU measurement "
+              "is a separate device script)."]
     return "\n".join(lines) + "\n"
 
 
