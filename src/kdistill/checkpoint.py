@@ -73,6 +73,9 @@ def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, A
     except (SafetensorError, ValueError, RecursionError) as exc:
         raise CheckpointError(f"{path} is not a valid safetensors file: {exc}",
                               "it is truncated or corrupt; re-create it") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path} has kdistill metadata that is not a JSON object",
+                              "it was not written by kdistill; re-create it")
     return tensors, meta
 
 

@@ -292,6 +292,8 @@ def _batch(obj: object, label_key: str, n_classes: int, what: str) -> tuple[np.n
         raise _foreign(f"CIFAR member {what}: data is not a uint8 N x {PIXELS} array")
     if not (isinstance(labels, list) and all(type(v) is int for v in labels)):
         raise _foreign(f"CIFAR member {what}: {label_key} is not a list of ints")
+    if not all(0 <= v < n_classes for v in labels):  # checked before int64 can overflow
+        raise _foreign(f"CIFAR member {what}: labels outside 0..{n_classes - 1}")
     if len(labels) != len(data):
         raise _foreign(f"CIFAR member {what}: {len(data)} images but {len(labels)} labels")
     images = np.ascontiguousarray(data).reshape(-1, 3, 32, 32)

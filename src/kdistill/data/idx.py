@@ -5,6 +5,7 @@ big-endian uint32, then the data in big-endian order. Anything else is refused.
 """
 from __future__ import annotations
 
+import math
 import struct
 
 import numpy as np
@@ -36,12 +37,16 @@ def parse_idx(data: bytes, name: str = "IDX data") -> np.ndarray:
         raise DataError(f"{name} is truncated inside its header", "fetch the data again")
     dims = struct.unpack(f">{ndim}I", data[4:header])
     dtype = _TYPES[code]
-    expected = header + int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
+    expected = header + math.prod(dims) * dtype.itemsize  # exact: int64 could wrap to match
     if len(data) != expected:
         raise DataError(
             f"{name} has {len(data)} bytes but its header {list(dims)} says {expected}",
             "the file is truncated or padded: fetch the data again")
-    array = np.frombuffer(data, dtype=dtype, offset=header).reshape(dims)
+    try:
+        array = np.frombuffer(data, dtype=dtype, offset=header).reshape(dims)
+    except ValueError:  # empty, but its other dimensions are too large for numpy to index
+        raise DataError(f"{name} has dimensions {list(dims)} too large to index",
+                        "fetch the data again") from None
     return array.astype(dtype.newbyteorder("="), copy=False)
 
 

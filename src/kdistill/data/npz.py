@@ -25,6 +25,7 @@ refused without loading it.
 """
 from __future__ import annotations
 
+import math
 import os
 import zipfile
 from pathlib import Path
@@ -40,6 +41,7 @@ _IMAGE_KEYS = ("x_train", "x_test", "x_val")
 _LABEL_KEYS = {"x_train": "y_train", "x_test": "y_test", "x_val": "y_val"}
 _SPLITS = {"x_train": "train", "x_test": "test", "x_val": "val"}
 _SAVE_HINT = "save it with np.savez(path, x_train=..., y_train=..., x_test=..., y_test=...)"
+_MAX_DEFLATE_RATIO = 1032  # deflate expands data by at most this factor
 
 
 # ------------------------------------------------------------------------ memory limit
@@ -128,20 +130,39 @@ def _headers(zf: zipfile.ZipFile, path: Path) -> dict[str, tuple[tuple[int, ...]
                 version = np.lib.format.read_magic(f)
                 if version == (1, 0):
                     shape, _, dtype = np.lib.format.read_array_header_1_0(f)
-                elif version == (2, 0):
+                elif version in ((2, 0), (3, 0)):  # 3.0: 2.0 with utf-8 (field names)
                     shape, _, dtype = np.lib.format.read_array_header_2_0(f)
-        except (ValueError, OSError, EOFError, zipfile.BadZipFile, NotImplementedError) as exc:
+                header_bytes = f.tell()
+        except Exception as exc:  # BadZipFile, RuntimeError (encrypted), zlib.error, ValueError…
             raise DataError(f"{path}: array {key} is not a valid .npy member: {_one_line(exc)}",
                             _SAVE_HINT) from None
+        if shape is not None and dtype is not None and not dtype.hasobject:
+            _check_size(path, key, info, header_bytes, shape, dtype)
         out[key] = (tuple(shape) if shape is not None else None, dtype, info.file_size)
     return out
+
+
+def _check_size(path: Path, key: str, info: zipfile.ZipInfo, header_bytes: int,
+                shape: tuple[int, ...], dtype: np.dtype) -> None:
+    """Refuse a header claiming more data than its member can hold, before numpy allocates it."""
+    room = info.file_size
+    if info.compress_type == zipfile.ZIP_STORED:
+        room = min(room, info.compress_size)
+    elif info.compress_type == zipfile.ZIP_DEFLATED:
+        room = min(room, _MAX_DEFLATE_RATIO * info.compress_size)
+    room -= header_bytes
+    need = math.prod(shape) * dtype.itemsize
+    if min(shape, default=0) < 0 or need > room:
+        raise DataError(f"cannot read {key} from {path}: its header says {dtype} {list(shape)} "
+                        f"({need} bytes) but it holds {max(room, 0)}",
+                        "the file is truncated or corrupt: save it again")
 
 
 def _result_bytes(key: str, shape: tuple[int, ...] | None, dtype: np.dtype | None,
                   file_size: int) -> int:
     if shape is None or dtype is None:
         return file_size
-    count = int(np.prod(shape, dtype=np.int64))
+    count = math.prod(shape)  # exact: an int64 product can wrap around to a small number
     if key.startswith("y_"):
         return count * 8  # labels become int64
     return count * dtype.itemsize
@@ -252,6 +273,9 @@ def read_npz(path: str | Path, *, max_bytes: int | None = None) -> dict:
         npz = np.load(path, allow_pickle=False)
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
         raise DataError(f"cannot read {path}: {_one_line(exc)}", _SAVE_HINT) from None
+    if not isinstance(npz, np.lib.npyio.NpzFile):  # a .npy with a zip appended, say
+        raise DataError(f"{path} is not an .npz file (numpy reads it as a single array)",
+                        _SAVE_HINT)
     with npz:
         wanted = list(loaded)
         if "classes" in headers:
@@ -279,7 +303,7 @@ def read_npz(path: str | Path, *, max_bytes: int | None = None) -> dict:
         if labels.size and labels.min() < 0:
             raise DataError(f"{path}: {_LABEL_KEYS[key]} has a negative label ({labels.min()})",
                             "labels are class indices 0..K-1")
-        images = as_nchw(images, f"{path}: {key}")
+        images = np.ascontiguousarray(as_nchw(images, f"{path}: {key}"))  # Fortran-order too
         shapes[key] = images.shape[1:]
         split = _SPLITS[key]
         out[f"{split}_images"] = images
