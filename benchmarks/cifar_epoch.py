@@ -145,8 +145,8 @@ def markdown(meta: dict, rows: list[dict], plans: list[dict]) -> str:
     lines = [
         "# resnet32x4 / resnet8x4 training on CPU: seconds per epoch (CIFAR-shaped, synthetic)", "",
         f"`{meta['command']}`", "",
-        f"{m['cpu']}, {m['threads']} torch threads, torch {m['torch']}, {meta['date']}, "
-        f"commit {m['git_commit']}. {bf16_note}", "",
+        f"{m['cpu']}, {m['threads']} torch threads, torch {m['torch']}, {meta['date']}. "
+        f"{bf16_note}", "",
         f"Measured: {meta['steps']} timed steps of batch {BATCH} after {meta['warmup']} untimed, "
         f"median of {meta['repeats']} repeat(s) in rotation. **Projected** (not measured): "
         f"× {STEPS_PER_EPOCH} steps per {N_IMAGES:,}-image epoch, × {EPOCHS} epochs per role.",
