@@ -9,7 +9,7 @@ and checks that each split's (image, label) pairs are the same multiset as the I
 label of a folder class is the number before its ``-``. Prints counts, timings and
 ``identical multiset: True/False``; exits 1 if not identical. OUT_DIR must be empty or absent.
 
-With ``--seeds N`` it then trains the ``fashion`` preset (the spec's CNN teacher and MLP student,
+With ``--seeds N`` it then trains the ``fashion-spec`` preset (the spec's CNN teacher and MLP student,
 5 epochs each, with the control; normalisation 0.5 / 0.5 for both, no bench) N times on the
 folder (``data.name=OUT_DIR``) and N times on ``data.name=fashion-mnist``, seeds 0..N-1, and
 writes the test accuracies after the last epoch to benchmarks/results/fashion-folder/
@@ -77,7 +77,7 @@ def train_both(folder: Path, seeds: int) -> dict:
             for source, name in (("folder", str(folder)), ("idx", "fashion-mnist")):
                 overrides = [f"data.name={name}", f"seed={seed}", "bench.enabled=false",
                              "data.mean=0.5", "data.std=0.5"]
-                result = kdistill.run("fashion", out=Path(tmp) / f"{source}-{seed}",
+                result = kdistill.run("fashion-spec", out=Path(tmp) / f"{source}-{seed}",
                                       overrides=overrides, quiet=True)
                 accuracy = {r: result.metrics["models"][r]["test_accuracy"] for r in ROLES}
                 runs[source].append({"seed": seed, **accuracy})
@@ -112,7 +112,7 @@ def main() -> int:
     parser.add_argument("--cache-dir", type=Path,
                         help="read_image_folder's cache (default: a temporary folder, removed)")
     parser.add_argument("--seeds", type=int, default=0,
-                        help="then train the fashion preset on the folder and on the IDX data "
+                        help="then train the fashion-spec preset on the folder and on the IDX data "
                              "with this many seeds each (default 0: no training)")
     args = parser.parse_args()
     if args.out.exists() and (not args.out.is_dir() or any(args.out.iterdir())):

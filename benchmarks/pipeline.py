@@ -1,5 +1,5 @@
 """Time the spec's experiment two ways in one benchmark run: the plain reference script
-(``reference_spec.py``) and ``kdistill run --preset seed`` (a fresh teacher); print the ratio and
+(``reference_spec.py``) and ``kdistill run --preset mnist-spec`` (a fresh teacher); print the ratio and
 a per-phase breakdown, and save both to ``benchmarks/results/pipeline.json``.
 
     python benchmarks/pipeline.py [--epochs 5] [--rounds 2]
@@ -42,7 +42,7 @@ def _side(name: str, epochs: int, out: Path) -> None:
     else:
         with tempfile.TemporaryDirectory() as tmp:
             # retrain_teacher: a teacher cached by an earlier run would make this a different race
-            run = kdistill.run("seed", out=Path(tmp) / "run", quiet=True, retrain_teacher=True,
+            run = kdistill.run("mnist-spec", out=Path(tmp) / "run", quiet=True, retrain_teacher=True,
                                overrides=[f"teacher.epochs={epochs}", f"student.epochs={epochs}"])
             result = {"total_seconds": time.perf_counter() - start, "metrics": run.metrics}
     out.write_text(json.dumps(result))
@@ -98,7 +98,7 @@ def main() -> None:
         print(f"round {r}: reference (spec's way) {ref['total_seconds']:6.1f} s  "
               f"(teacher {ref['history']['teacher'][-1]:.2%}, student {ref['history']['student'][-1]:.2%}; "
               + ", ".join(f"{k} {v:.1f} s" for k, v in ref["times"].items()) + ")")
-        print(f"         kdistill run --preset seed {kd['total_seconds']:6.1f} s  "
+        print(f"         kdistill run --preset mnist-spec {kd['total_seconds']:6.1f} s  "
               f"(teacher {kd['teacher_accuracy']:.2%}, student {kd['student_accuracy']:.2%}, "
               f"control {kd['control_accuracy']:.2%}; "
               + ", ".join(f"{k.removesuffix('_seconds')} {v:.1f} s" for k, v in kd["phases"].items())

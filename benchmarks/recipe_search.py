@@ -1,6 +1,6 @@
-"""Rank candidate recipes for the `best` preset's 784-128-10 student on a validation split.
+"""Rank candidate recipes for the `mnist-best` preset's 784-128-10 student on a validation split.
 
-Each candidate is one `kdistill run --preset best` with its overrides and the last 10,000
+Each candidate is one `kdistill run --preset mnist-best` with its overrides and the last 10,000
 training images held out (`data.val_size=10000`): it trains its own teacher under its own
 augmentation (a shared teacher cache reuses identical ones), the distilled student and the
 from-scratch control under the same schedule and augmentation. The table is sorted by the
@@ -57,7 +57,7 @@ CANDIDATES: dict[str, list[str]] = {
 
 
 def kdistill_run(out: Path, overrides: list[str], device: str) -> dict:
-    cmd = [sys.executable, "-m", "kdistill", "run", "--preset", "best", "--quiet", "--out",
+    cmd = [sys.executable, "-m", "kdistill", "run", "--preset", "mnist-best", "--quiet", "--out",
            str(out), "--device", device, *BASE, *overrides]
     start = time.perf_counter()
     done = subprocess.run(cmd, capture_output=True, text=True)

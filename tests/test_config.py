@@ -7,7 +7,7 @@ from kdistill.config import RunConfig, apply_overrides, list_presets, load_confi
 from kdistill.errors import ConfigError
 
 
-def test_seed_preset_is_the_spec_recipe():
+def test_mnist_spec_preset_is_the_spec_recipe():
     cfg = load_config()
     # mean / std unset: MNIST's customary constants, the spec's Normalize((0.5,), (0.5,))
     from kdistill.data.datasets import NORMALIZATION
@@ -20,7 +20,7 @@ def test_seed_preset_is_the_spec_recipe():
         "spec-student", 5, 64, 1e-3)
     assert (cfg.distill.loss, cfg.distill.temperature, cfg.distill.alpha) == ("kl", 1.0, 1.0)
     assert cfg.control is True
-    assert "seed" in list_presets()
+    assert "mnist-spec" in list_presets()
 
 
 def _keys(model: type[BaseModel], prefix: str = ""):

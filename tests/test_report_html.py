@@ -142,7 +142,9 @@ def test_runs_lists_status_and_numbers(run_dir, tmp_path, capsys):
 
     failed = tmp_path / "failed"
     failed.mkdir()
-    (failed / "metrics.json").write_text(json.dumps({"status": "failed", "error": "boom"}))
+    stopped = {k: v for k, v in metrics.items() if k not in ("distill", "timings")}
+    (failed / "metrics.json").write_text(json.dumps(  # a run that failed before any model ended
+        {**stopped, "status": "failed", "error": "boom", "models": {}}))
     assert main(["runs", str(tmp_path)]) == 0
     assert capsys.readouterr().out.split()[-7:] == [str(failed), "failed", *"–" * 5]
     empty = tmp_path / "empty"
@@ -150,7 +152,7 @@ def test_runs_lists_status_and_numbers(run_dir, tmp_path, capsys):
     assert main(["runs", str(empty)]) == 0
     assert capsys.readouterr().out.strip() == f"no runs in {empty}"
     assert main(["runs", str(tmp_path / "nope")]) == 2
-    assert "no directory" in capsys.readouterr().err
+    assert "is not a kdistill run directory (no such directory)" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------ untrusted run data

@@ -10,16 +10,34 @@ from pathlib import Path
 
 from .errors import KdistillError, RunInterrupted
 
+RUNS = Path("runs")  # where runs go by default (``runs/<preset>-<timestamp>``)
+
 EXAMPLES = """examples:
-  kdistill run                                   # the spec's experiment (preset seed)
+  kdistill run                                   # the spec's experiment (preset mnist-spec)
   kdistill run --out runs/demo student.epochs=3  # override any config key
   kdistill run --config my.yaml distill.loss=hinton distill.temperature=4 distill.alpha=0.9
   kdistill run --nproc 2                         # DistributedDataParallel (torchrun), 2 processes
-  kdistill run --preset best --print-config      # every config key, resolved; nothing runs
-  kdistill report runs/demo                       # re-render report.md, report.html, plots
+  kdistill run --preset mnist-best --print-config # every config key, resolved; nothing runs
+  kdistill report runs/demo                      # re-render report.md, report.html, plots
+  kdistill bench runs/demo                       # re-measure latency and throughput
+  kdistill export runs/demo                      # ONNX files, parity-checked
   kdistill runs                                  # list runs with status and accuracies
+  kdistill compare --objectives "distill.loss=kl" "distill.loss=dkd"  # 3 seeds each, with controls
+  kdistill sweep distill.temperature=1,4,16      # one run per value; table and plot
+  kdistill reproduce hinton-mnist --quick        # a paper's experiments against its numbers
   kdistill data fetch mnist
   kdistill presets | kdistill models | kdistill losses
+"""
+# ``kdistill run --help``: the config's sections, one line each (tests check it names them all).
+CONFIG_HELP = """config keys (key=value; `kdistill run --print-config` prints every key with its value):
+  data.*     the dataset (a registered name or a path), mean/std, image_size, augmentation, val_size
+  teacher.*  the teacher: model, kwargs, epochs, optimizer and schedule, weights to load, ensemble
+  student.*  the student: model, kwargs, epochs, optimizer and schedule (its control: the same)
+  distill.*  the objective: loss (`kdistill losses`), temperature, alpha, beta, warm-up
+  bench.*    the deployment benchmark after training: on/off, ONNX and int8, repeats, batch sizes
+  top level  description, seed, threads, device, precision, compile, cuda_graphs, control,
+             eval_batch_size, checkpoint_every
+
 """
 # Examples shown by each subcommand's --help.
 HELP_EXAMPLES = {
@@ -27,13 +45,13 @@ HELP_EXAMPLES = {
             "  kdistill data info --data-root /data/kd",
     "fetch": "kdistill data fetch mnist\n  kdistill data fetch mnist --data-root /data/kd --offline",
     "info": "kdistill data info\n  kdistill data info --data-root /data/kd",
-    "report": "kdistill report runs/seed-20250101-120000   # rewrites report.md, report.html, plots/",
-    "bench": "kdistill bench runs/seed-20250101-120000            # eager, ONNX Runtime, int8\n"
-             "  kdistill bench runs/seed-20250101-120000 --no-onnx  # eager PyTorch only\n"
-             "  kdistill bench runs/seed-20250101-120000 --json     # the measurements as JSON",
-    "export": "kdistill export runs/seed-20250101-120000 --onnx   # writes <role>.onnx, checks parity",
+    "report": "kdistill report runs/mnist-spec-20250101-120000   # rewrites report.md, report.html, plots/",
+    "bench": "kdistill bench runs/mnist-spec-20250101-120000            # eager, ONNX Runtime, int8\n"
+             "  kdistill bench runs/mnist-spec-20250101-120000 --no-onnx  # eager PyTorch only\n"
+             "  kdistill bench runs/mnist-spec-20250101-120000 --json     # the measurements as JSON",
+    "export": "kdistill export runs/mnist-spec-20250101-120000   # writes <role>.onnx, checks parity",
     "runs": "kdistill runs              # the runs under runs/\n  kdistill runs /tmp/sweep",
-    "presets": "kdistill presets\n  kdistill run --preset seed",
+    "presets": "kdistill presets\n  kdistill run --preset mnist-best",
     "models": "kdistill models\n  kdistill run teacher.model=mlp:784-800-800-10\n"
               "  kdistill run student.model=mypkg.nets:make_student student.kwargs.width=64",
     "losses": "kdistill losses\n  kdistill run distill.loss=hinton distill.temperature=4 distill.alpha=0.9",
@@ -44,9 +62,10 @@ HELP_EXAMPLES = {
     "reproduce": "kdistill reproduce hinton-mnist --quick   # every experiment, short schedules\n"
                  "  kdistill reproduce hinton-mnist --seeds 3 --device cuda --out runs/hinton\n"
                  "  kdistill reproduce hinton-mnist --out runs/hinton   # again: continues where it stopped\n"
-                 "  kdistill reproduce hinton-mnist --device cuda student_epochs=300 batch_size=32",
+                 "  kdistill reproduce hinton-mnist --device cuda student.epochs=300 batch_size=32",
     "sweep": "kdistill sweep distill.temperature=1,2,4,8,16,20 distill.alpha=0.5,0.9\n"
-             "  kdistill sweep --out runs/temps distill.temperature=1,4,16 student.epochs=3",
+             "  kdistill sweep --out runs/temps distill.temperature=1,4,16 student.epochs=3\n"
+             "  kdistill sweep --device cuda --nproc 2 distill.alpha=0.5,0.9",
 }
 
 
@@ -63,9 +82,10 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     r = sub.add_parser("run", help="train teacher, distilled student and control; measure; report",
-                       epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+                       epilog=CONFIG_HELP + EXAMPLES,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     src = r.add_mutually_exclusive_group()
-    src.add_argument("--preset", help="named recipe (see `kdistill presets`); default seed")
+    src.add_argument("--preset", help="named recipe (see `kdistill presets`); default mnist-spec")
     src.add_argument("--config", type=Path, help="YAML config file")
     src.add_argument("--resume", type=Path, metavar="RUN_DIR",
                      help="continue a stopped run from its last checkpoints, with its own config")
@@ -108,7 +128,7 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--onnx", action="store_true", help="export format: ONNX (the default and only one)")
     e.add_argument("--trust-code", action="store_true", help="allow the run's config to name code (package.module:factory) to import and run")
     runs = _add(sub, "runs", "list runs with their status and key numbers")
-    runs.add_argument("directory", type=Path, nargs="?", default=Path("runs"),
+    runs.add_argument("directory", type=Path, nargs="?",
                       help="a directory of runs, or one run (default runs/)")
     _add(sub, "presets", "list presets")
     _add(sub, "models", "list model names")
@@ -117,12 +137,16 @@ def _parser() -> argparse.ArgumentParser:
                             ("sweep", "train every combination of swept settings; table and plot")):
         st = _add(sub, name, help_text)
         st_src = st.add_mutually_exclusive_group()
-        st_src.add_argument("--preset", help="named recipe (see `kdistill presets`); default seed")
+        st_src.add_argument("--preset", help="named recipe (see `kdistill presets`); default mnist-spec")
         st_src.add_argument("--config", type=Path, help="YAML config file")
         st.add_argument("--out", type=Path, help=f"study directory (default runs/{name}-<timestamp>)")
         st.add_argument("--data-root", help="where datasets live (same as data.root)")
         st.add_argument("--verbose", action="store_true", help="show each run's own progress")
         st.add_argument("--quiet", action="store_true", help="print only the final table")
+        st.add_argument("--device", help="auto (default: CUDA, then MPS, then CPU), cpu, cuda, "
+                                         "cuda:N, mps (same as device=) for every run")
+        st.add_argument("--nproc", type=int, default=1, metavar="N",
+                        help="train every run with N processes (DistributedDataParallel via torchrun)")
         st.add_argument("--trust-code", action="store_true",
                         help="allow earlier runs reused from --out to name code to import and run")
         if name == "compare":
@@ -149,10 +173,17 @@ def _parser() -> argparse.ArgumentParser:
     rp.add_argument("--data-root", help="where datasets live (default $KDISTILL_DATA or user cache)")
     rp.add_argument("--quiet", action="store_true", help="print only the final table")
     rp.add_argument("overrides", nargs="*", metavar="key=value",
-                    help="change the recipe, e.g. student_epochs=300 batch_size=32 (see "
-                         "kdistill.reproduce.Recipe)")
+                    help="change the recipe, e.g. student.epochs=300 batch_size=32 (also "
+                         "student_epochs=300; see kdistill.reproduce.Recipe)")
     rp.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return p
+
+
+def _source(args: argparse.Namespace) -> Path | str:
+    """The config file or preset a command names; the default preset when it names neither."""
+    from .config import DEFAULT_PRESET
+
+    return args.config or args.preset or DEFAULT_PRESET
 
 
 def _cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
@@ -173,7 +204,7 @@ def _cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
             run(resume=args.resume, overrides=overrides, out=args.out, quiet=args.quiet,
                 tensorboard=args.tensorboard, trust_code=args.trust_code)
         else:
-            run(args.config or args.preset, args.out, overrides=overrides, quiet=args.quiet,
+            run(_source(args), args.out, overrides=overrides, quiet=args.quiet,
                 tensorboard=args.tensorboard, retrain_teacher=args.retrain_teacher)
     finally:
         distributed.shutdown()
@@ -189,7 +220,7 @@ def _print_config(args: argparse.Namespace, overrides: list[str]) -> int:
     if args.resume:
         raise ConfigError("--print-config shows the config of a new run",
                           f"a run's own config is {args.resume / 'config.yaml'}")
-    cfg, _ = resolve_config(args.config or args.preset, overrides)
+    cfg, _ = resolve_config(_source(args), overrides)
     print(to_yaml(cfg), end="")
     return 0
 
@@ -233,33 +264,57 @@ def _cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_runs(directory: Path) -> int:
+def _cmd_runs(directory: Path | None) -> int:
+    """``kdistill runs [DIR]``: the default runs/ may not exist yet (no runs made), a DIR given
+    must exist (a directory of runs, maybe none yet, or one run)."""
     from .report import list_runs, runs_table
+    from .runfiles import not_a_run
 
+    if directory is None:
+        if not (RUNS.is_dir() and list_runs(RUNS)):
+            print(f"no runs in {RUNS}/ yet: make one with `kdistill run`")
+            return 0
+        directory = RUNS
+    if not directory.exists():
+        raise not_a_run(directory, "no such directory")
     if not directory.is_dir():
-        raise KdistillError(f"no directory {directory}", "give the directory that holds your runs")
+        raise not_a_run(directory, "not a directory")
     summaries = list_runs(directory)
     print(runs_table(summaries) if summaries else f"no runs in {directory}")
     return 0
 
 
-def _cmd_study(args: argparse.Namespace) -> int:
-    from . import study
+def _cmd_study(args: argparse.Namespace, argv: list[str]) -> int:
+    """``compare`` and ``sweep``; with ``--nproc N``, the whole study runs under torchrun and
+    every run in it trains with N processes (rank 0 writes and prints)."""
+    if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
+        return _torchrun(args.nproc, argv)
+    from . import distributed, study
 
     overrides = list(args.overrides)
     if args.data_root:
         overrides.append(f"data.root={args.data_root}")
-    say = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
-    config = args.config or args.preset
-    if args.command == "compare":
-        rows = study.compare(args.objectives, config, args.out, seeds=args.seeds,
-                             overrides=overrides, verbose=args.verbose, progress=say,
-                             trust_code=args.trust_code)
-        print(study.compare_markdown(rows), end="")
-        return 0
-    rows = study.sweep(overrides, config, args.out, verbose=args.verbose, progress=say,
-                       trust_code=args.trust_code)
-    print(study.sweep_markdown(rows), end="")
+    if args.device:
+        overrides.append(f"device={args.device}")
+    distributed.init_from_env()  # a no-op unless started by torchrun
+    try:
+        main_rank = distributed.is_main()
+        say = None if args.quiet or not main_rank else (
+            lambda line: print(line, file=sys.stderr, flush=True))
+        config = _source(args)
+        if args.command == "compare":
+            rows = study.compare(args.objectives, config, args.out, seeds=args.seeds,
+                                 overrides=overrides, verbose=args.verbose, progress=say,
+                                 trust_code=args.trust_code)
+            table = study.compare_markdown(rows)
+        else:
+            rows = study.sweep(overrides, config, args.out, verbose=args.verbose, progress=say,
+                               trust_code=args.trust_code)
+            table = study.sweep_markdown(rows)
+        if main_rank:
+            print(table, end="")
+    finally:
+        distributed.shutdown()
     return 0
 
 
@@ -310,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
             print(write_report(args.run_dir))  # reads metrics.json through the run schema
             return 0
         if args.command in ("compare", "sweep"):
-            return _cmd_study(args)
+            return _cmd_study(args, argv)
         if args.command == "reproduce":
             return _cmd_reproduce(args, argv)
         if args.command == "runs":

@@ -5,6 +5,7 @@ Every key is checked: an unknown key or a bad value is a :class:`ConfigError` na
 from __future__ import annotations
 
 import copy
+import sys
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal, Sequence
@@ -15,6 +16,15 @@ from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationEr
 
 from .data.augment import Augment
 from .errors import ConfigError
+from .suggest import closest, hint
+
+
+class _Hinted(ValueError):
+    """A validator's error with the hint the one-line message ends with."""
+
+    def __init__(self, message: str, hint_text: str) -> None:
+        super().__init__(message)
+        self.hint = hint_text
 
 
 class _Strict(BaseModel):
@@ -143,8 +153,8 @@ class DistillConfig(_Strict):
         from .losses import list_losses  # imported here: losses import nothing from config
 
         if name not in list_losses():
-            raise ValueError(f"unknown distillation loss {name!r}; choose one of: "
-                             f"{', '.join(list_losses())}")
+            raise _Hinted(f"unknown distillation loss {name!r}",
+                          hint(name, list_losses(), f"choose one of: {', '.join(list_losses())}"))
         return name
 
 
@@ -187,6 +197,16 @@ class RunConfig(_Strict):
 
 
 # --------------------------------------------------------------------------- loading
+DEFAULT_PRESET = "mnist-spec"
+# Old preset names, accepted for one release with a note on stderr.
+PRESET_ALIASES = {"seed": "mnist-spec", "best": "mnist-best", "fashion": "fashion-spec"}
+
+
+def canonical_preset(name: str) -> str:
+    """A preset's current name (an old name from :data:`PRESET_ALIASES` gives its new one)."""
+    return PRESET_ALIASES.get(name, name)
+
+
 def list_presets() -> dict[str, str]:
     """Preset names with their one-line descriptions."""
     out = {}
@@ -215,8 +235,13 @@ def _read_yaml(text: str, origin: str) -> dict[str, Any]:
 
 def preset_dict(name: str) -> dict[str, Any]:
     presets = list_presets()
+    if name in PRESET_ALIASES:
+        print(f"kdistill: note: preset {name!r} is now {PRESET_ALIASES[name]!r} (the old name "
+              "goes in a later release)", file=sys.stderr)
+        name = PRESET_ALIASES[name]
     if name not in presets:
-        raise ConfigError(f"unknown preset {name!r}", f"choose one of: {', '.join(presets)}")
+        raise ConfigError(f"unknown preset {name!r}",
+                          hint(name, presets, f"choose one of: {', '.join(presets)}"))
     return _read_yaml(resources.files("kdistill.presets").joinpath(f"{name}.yaml").read_text(),
                       f"preset {name}")
 
@@ -270,6 +295,29 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
     return data
 
 
+def config_keys(model: type[BaseModel] = RunConfig, prefix: str = "") -> list[str]:
+    """Every dotted config key, sections included: ``seed``, ``student``, ``student.epochs``..."""
+    keys = []
+    for name, field in model.model_fields.items():
+        keys.append(prefix + name)
+        if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+            keys += config_keys(field.annotation, f"{prefix}{name}.")
+    return keys
+
+
+def _key_hint(key: str, rest: str) -> str:
+    """``rest``, led by the known key ``key`` was most likely meant to be: the same name in
+    another section (``student.temperature``: ``distill.temperature``), else a key of the same
+    section spelled alike (``student.epoch``: ``student.epochs``)."""
+    keys = config_keys()
+    parent, _, leaf = key.rpartition(".")
+    match = next((k for k in keys if k.rpartition(".")[2] == leaf), None)
+    if match is None:
+        sibling = closest(leaf, [k.rpartition(".")[2] for k in keys if k.rpartition(".")[0] == parent])
+        match = sibling and (f"{parent}.{sibling}" if parent else sibling)
+    return f"did you mean {match!r}? {rest}" if match else rest
+
+
 def _describe(exc: ValidationError) -> ConfigError:
     errors = exc.errors()
     err = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])  # typos first
@@ -277,11 +325,14 @@ def _describe(exc: ValidationError) -> ConfigError:
     more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
     if err["type"] == "extra_forbidden":
         return ConfigError(f"unknown config key {key!r}{more}",
-                           "see `kdistill run --help` or the config reference in the README")
+                           _key_hint(key, "`kdistill run --print-config` lists every key "
+                                          "with its value"))
     if err["type"] == "missing":
         return ConfigError(f"config key {key!r} is required{more}", "set it in the file or as key=value")
     if err["type"] == "value_error":  # raised by one of our validators, e.g. unknown loss
-        return ConfigError(f"config key {key!r}: {err['ctx']['error']}{more}", "fix the value")
+        error = err["ctx"]["error"]
+        return ConfigError(f"config key {key!r}: {error}{more}",
+                           getattr(error, "hint", "fix the value"))
     return ConfigError(f"config key {key!r}: {err['msg'].lower()}, got {err.get('input')!r}{more}",
                        "fix the value")
 
@@ -300,10 +351,11 @@ def from_dict(data: dict[str, Any], overrides: Sequence[str] = ()) -> RunConfig:
 
 def load_config(preset: str | None = None, path: str | Path | None = None,
                 overrides: Sequence[str] = ()) -> RunConfig:
-    """Build a config from a preset (default ``seed``) or a YAML file, then ``key=value`` overrides."""
+    """Build a config from a preset (default ``mnist-spec``) or a YAML file, then ``key=value``
+    overrides."""
     if preset and path:
         raise ConfigError("give either a preset or a config file, not both", "drop one of them")
-    return from_dict(file_dict(path) if path else preset_dict(preset or "seed"), overrides)
+    return from_dict(file_dict(path) if path else preset_dict(preset or DEFAULT_PRESET), overrides)
 
 
 def to_yaml(config: RunConfig) -> str:

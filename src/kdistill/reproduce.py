@@ -38,6 +38,7 @@ from .files import atomic_write_bytes, atomic_write_json, atomic_write_text
 from .models import create_model
 from .pipeline import environment
 from .plots import png_bytes, temperature_figure
+from .suggest import hint
 
 Progress = Callable[[str], None] | None
 
@@ -75,18 +76,35 @@ FULL = Recipe()
 QUICK = Recipe(teacher_epochs=30, student_epochs=20, small_epochs=20, train_size=10_000)
 
 
+# ``kdistill run``'s dotted config keys for the recipe settings that mean the same; any other
+# ``a.b`` is read as ``a_b`` (``small.epochs``, ``student.translate``, ``small.temperatures``).
+DOTTED_KEYS = {"teacher.epochs": "teacher_epochs", "student.epochs": "student_epochs",
+               "distill.temperature": "temperature", "distill.alpha": "alpha",
+               "data.val_size": "val_size", "data.train_subset": "train_size"}
+
+
+def setting_name(key: str) -> str:
+    """The :class:`Recipe` field a ``key=value`` names: its own name or a dotted key like
+    ``kdistill run``'s (``student.epochs``: ``student_epochs``)."""
+    return DOTTED_KEYS.get(key, key.replace(".", "_"))
+
+
 def with_overrides(recipe: Recipe, overrides: Sequence[str]) -> Recipe:
-    """``recipe`` with ``key=value`` settings changed (``student_epochs=300``, ``lr=2e-3``,
-    ``temperatures=[2,20]``, ``train_size=null``), each value checked against its setting."""
+    """``recipe`` with ``key=value`` settings changed (``student_epochs=300`` or, as for
+    ``kdistill run``, ``student.epochs=300``; ``lr=2e-3``, ``temperatures=[2,20]``,
+    ``train_size=null``), each value checked against its setting."""
     current = {f.name: getattr(recipe, f.name) for f in fields(recipe)}
     changes = {}
     for item in overrides:
         key, sep, text = item.partition("=")
         if not sep:
-            raise KdistillError(f"setting {item!r} is not key=value", "write e.g. student_epochs=300")
-        if key not in current:
-            raise KdistillError(f"unknown setting {key!r}", f"choose from: {', '.join(current)}")
-        changes[key] = _setting(key, current[key], parse_value(text))
+            raise KdistillError(f"setting {item!r} is not key=value", "write e.g. student.epochs=300")
+        name = setting_name(key)
+        if name not in current:
+            raise KdistillError(f"unknown setting {key!r}",
+                                hint(key, [*current, *DOTTED_KEYS],
+                                     f"choose from: {', '.join(current)}"))
+        changes[name] = _setting(name, current[name], parse_value(text))
     return replace(recipe, **changes)
 
 

@@ -100,16 +100,44 @@ def _recipe(pairs: Sequence[tuple[str, str]]) -> tuple:
 def _run_point(config: Config, out_dir: Path, overrides: list[str], verbose: bool,
                trust_code: bool = False) -> dict:
     """One run's metrics: read back (through the run schema) when ``out_dir`` holds a complete
-    run, resumed from its checkpoints when it holds a stopped one, else trained."""
+    run, resumed from its checkpoints when it holds a stopped one, else trained. Under torchrun
+    rank 0 looks and every rank follows, so all of them train the same run."""
     from .pipeline import run
     from .runfiles import read_metrics
 
-    if (out_dir / "metrics.json").exists():
-        metrics = read_metrics(out_dir)
+    def earlier() -> dict | None:
+        return read_metrics(out_dir) if (out_dir / "metrics.json").exists() else None
+
+    metrics = _on_main(earlier)
+    if metrics is not None:
         if metrics.get("status") == "complete":
             return metrics
         return run(resume=out_dir, quiet=not verbose, trust_code=trust_code).metrics
     return run(config, out_dir, overrides=overrides, quiet=not verbose).metrics
+
+
+def _on_main(fn: Callable[[], object]) -> object:
+    """``fn()`` on rank 0, its result (or its user error) on every rank (torchrun); just
+    ``fn()`` in a single process."""
+    from . import distributed
+
+    outcome: object = None
+    if distributed.is_main():
+        try:
+            outcome = fn()
+        except KdistillError as exc:
+            outcome = exc
+    outcome = distributed.broadcast(outcome)
+    if isinstance(outcome, KdistillError):
+        raise outcome
+    return outcome
+
+
+def _is_main() -> bool:
+    """Whether this process writes the study's files (always, unless under torchrun)."""
+    from . import distributed
+
+    return distributed.is_main()
 
 
 def _accuracy(metrics: dict, role: str) -> float | None:
@@ -212,7 +240,7 @@ def compare(objectives: Sequence[str], config: Config = None, out: str | Path | 
     base_seed = _check_config(config, base).seed
     for pairs in parsed:
         _check_config(config, [*base, *(f"{k}={v}" for k, v in pairs)])
-    out_dir = Path(out) if out else _default_out("compare")
+    out_dir = Path(out) if out else _on_main(lambda: _default_out("compare"))  # one for all ranks
     slugs = _unique([slug(p) for p in parsed])
     per_objective: list[list[dict]] = [[] for _ in parsed]
     for i in range(seeds):
@@ -223,7 +251,8 @@ def compare(objectives: Sequence[str], config: Config = None, out: str | Path | 
         for j, row in enumerate(rows):
             per_objective[j].append({"seed": seed, **row})
     summary = [_summarise(text, s, runs) for text, s, runs in zip(objectives, slugs, per_objective)]
-    _write_compare(out_dir, summary, per_objective, base_seed, seeds)
+    if _is_main():
+        _write_compare(out_dir, summary, per_objective, base_seed, seeds)
     return summary
 
 
@@ -311,12 +340,14 @@ def sweep(swept: dict[str, Sequence] | Sequence[str], config: Config = None,
     combos = [list(zip(keys, values)) for values in itertools.product(*grid.values())]
     for pairs in combos:
         _check_config(config, [*base, *(f"{k}={v}" for k, v in pairs)])
-    out_dir = Path(out) if out else _default_out("sweep")
+    out_dir = Path(out) if out else _on_main(lambda: _default_out("sweep"))  # one for all ranks
     slugs = _unique([slug(p) for p in combos])
     results = _run_group(config, base, [(p, out_dir / s) for p, s in zip(combos, slugs)],
                          control, verbose, progress, "sweep", trust_code)
     rows = [{**{k: parse_value(v) for k, v in pairs}, "slug": s, **r}
             for pairs, s, r in zip(combos, slugs, results)]
+    if not _is_main():
+        return rows
     out_dir.mkdir(parents=True, exist_ok=True)
     columns = [*keys, "teacher", "student", "control", "gain", "slug"]
     atomic_write_text(out_dir / "sweep.csv", _csv([{c: r[c] for c in columns} for r in rows]))

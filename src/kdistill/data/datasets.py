@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from ..errors import DataError
+from ..suggest import hint
 from . import cifar, folders, npz, sources
 from .arrays import (as_labels, as_nchw, channel_stats, check_split, parse_size, resize,
                      to_channels)
@@ -185,7 +186,8 @@ def fetch_registered(name: str, root: str | Path | None = None,
                      offline: bool | None = None) -> Path:
     """Materialise and verify a registered dataset; return where it lives."""
     if name not in list_datasets():
-        raise DataError(f"unknown dataset {name!r}", f"choose one of: {', '.join(list_datasets())}")
+        raise DataError(f"unknown dataset {name!r}",
+                        hint(name, list_datasets(), f"choose one of: {', '.join(list_datasets())}"))
     if name in cifar.ARCHIVES:
         path = cifar.fetch_archive(name, root, offline=offline)
         cifar.load_cifar(name, root)  # decode and verify once
@@ -257,7 +259,7 @@ def load_dataset(name: str, root: str | Path | None = None, *, image_size: Any =
         path = Path(name).expanduser()
         if not path.exists():
             raise DataError(f"unknown dataset {name!r}",
-                            f"use one of {', '.join(list_datasets())}, an image folder, an .npz "
-                            "file or a directory of IDX files")
+                            hint(name, list_datasets(), f"use one of {', '.join(list_datasets())}, "
+                                 "an image folder, an .npz file or a directory of IDX files"))
         dataset = _own(path, image_size, channels)
     return dataset.converted(channels, image_size)

@@ -12,6 +12,7 @@ from typing import Any, Callable, NamedTuple, TypeVar
 import torch
 
 from ..errors import ConfigError
+from ..suggest import hint
 
 LossFn = Callable[..., dict[str, torch.Tensor]]
 _LOSSES: dict[str, LossFn] = {}
@@ -66,7 +67,8 @@ def get_loss(name: str) -> LossFn:
         return _LOSSES[logit_name]
     except KeyError:
         raise ConfigError(f"unknown distillation loss {name!r}",
-                          f"choose one of: {', '.join(list_losses())}") from None
+                          hint(name, list_losses(), f"choose one of: {', '.join(list_losses())}")
+                          ) from None
 
 
 def list_losses() -> dict[str, str]:

@@ -14,6 +14,7 @@ from typing import Any, Callable, Sequence
 from torch import nn
 
 from ..errors import ConfigError
+from ..suggest import hint
 from .nets import MLP, ConvNet, StudentNet, TeacherNet
 
 _MODELS: dict[str, tuple[Callable[..., nn.Module], str]] = {}
@@ -29,8 +30,7 @@ def register_model(name: str, description: str):
 
 register_model("spec-teacher", "the spec's CNN teacher")(TeacherNet)
 register_model("spec-student", "the spec's 784-128-10 MLP student")(StudentNet)
-register_model("cnn", "a stronger CNN teacher: 4 conv-BN-ReLU, 2 pools, fc 256 "
-                      "(kwargs: width=32, dropout=0.3)")(ConvNet)
+register_model("cnn", "a stronger CNN teacher: 4 conv-BN-ReLU, 2 pools, fc 256")(ConvNet)
 register_model("hinton-teacher", "Hinton et al.'s MLP teacher 784-1200-1200-10, dropout 0.5 "
                                  "(input 0.2)")(lambda num_classes=10, in_features=784: MLP(
                                      (in_features, 1200, 1200, num_classes), dropout=0.5,
@@ -68,13 +68,30 @@ def _default_size(factory: Callable[..., Any]) -> str:
     return f" ({count:,} params" + (f" at {default} classes)" if default else ")")
 
 
+def own_kwargs(factory: Callable[..., Any]) -> dict[str, Any]:
+    """The keyword arguments of ``factory`` a config's ``kwargs`` may set, with their defaults
+    (read from its signature; those the data tells it, :data:`DATA_KWARGS`, left out)."""
+    try:
+        params = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):
+        return {}
+    return {p.name: p.default for p in params if p.name not in DATA_KWARGS
+            and p.default is not inspect.Parameter.empty
+            and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+
+
 def list_models(params: bool = False) -> dict[str, str]:
-    """Registered names with one line each (and what the data tells them), plus the patterns;
-    with ``params``, each registered model is built once to count its parameters."""
+    """Registered names with one line each: its keyword arguments and their defaults (from its
+    signature) and what the data tells it, plus the patterns; with ``params``, each registered
+    model is built once to count its parameters."""
+    def kwargs(factory: Callable[..., Any]) -> str:
+        own = own_kwargs(factory)
+        return f" (kwargs: {', '.join(f'{k}={v!r}' for k, v in own.items())})" if own else ""
+
     def told(factory: Callable[..., Any]) -> str:
         names = list(data_kwargs(factory, (1, 1, 1), 1))
         return f" [told: {', '.join(names)}]" if names else ""
-    return {**{n: d + (_default_size(f) if params else "") + told(f)
+    return {**{n: d + kwargs(f) + (_default_size(f) if params else "") + told(f)
                for n, (f, d) in _MODELS.items()},
             "mlp:auto-H1-...-10": "a ReLU MLP with the given layer sizes; auto = C x H x W of "
                                   "the data (kwargs: dropout)",
@@ -123,7 +140,8 @@ def create_model(name: str, *, data_shape: Sequence[int] | None = None,
         factory = _import_factory(name)
     else:
         raise ConfigError(f"unknown model {name!r}",
-                          f"use one of {', '.join(_MODELS)}, mlp:auto-...-10 or package.module:factory")
+                          hint(name, _MODELS, f"use one of {', '.join(_MODELS)}, mlp:auto-...-10 "
+                                              "or package.module:factory"))
     kwargs = {**data_kwargs(factory, data_shape, num_classes), **kwargs}
     try:
         model = factory(**kwargs)
