@@ -102,12 +102,13 @@ class DataConfig(_Strict):
 class TrainConfig(_Strict):
     model: str = Field(description="registered name, mlp:784-...-10, or package.module:factory")
     kwargs: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the model factory")
-    epochs: int = Field(5, ge=1)
-    batch_size: int = Field(64, ge=1)
+    epochs: int = Field(5, ge=1, description="passes over the training set")
+    batch_size: int = Field(64, ge=1, description="examples per optimisation step (the global "
+                                                  "batch under torchrun)")
     micro_batches: int = Field(1, ge=1, description="run each batch as N forward/backward passes "
                                                     "whose gradients add up (less memory)")
     lr: float = Field(1e-3, gt=0, description="learning rate")
-    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    optimizer: Literal["adam", "adamw", "sgd"] = Field("adam", description="adam, adamw or sgd")
     momentum: float = Field(0.9, ge=0, lt=1, description="sgd: momentum")
     nesterov: bool = Field(True, description="sgd: Nesterov momentum")
     schedule: Literal["constant", "cosine", "multistep"] = Field(
@@ -118,7 +119,8 @@ class TrainConfig(_Strict):
     gamma: float = Field(0.1, gt=0, le=1, description="multistep: the factor at each milestone")
     features: str | None = Field(None, description="module path whose output feature objectives "
                                                    "(fitnets, at) use; default the penultimate layer")
-    weight_decay: float = Field(0.0, ge=0)
+    weight_decay: float = Field(0.0, ge=0, description="L2 penalty (adam, sgd) or decoupled "
+                                "decay (adamw)")
 
 
 class TeacherConfig(TrainConfig):
@@ -164,7 +166,7 @@ class BenchConfig(_Strict):
     latency_repeats: int = Field(200, ge=1, description="timed batch-1 calls per model and runtime")
     throughput_batches: list[int] = Field([1, 64, 1024], min_length=1,
                                           description="batch sizes whose throughput is measured")
-    throughput_repeats: int = Field(10, ge=1)
+    throughput_repeats: int = Field(10, ge=1, description="timed calls per batch size")
 
     @field_validator("throughput_batches")
     @classmethod
