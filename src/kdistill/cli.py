@@ -13,7 +13,7 @@ from .errors import KdistillError, RunInterrupted
 RUNS = Path("runs")  # where runs go by default (``runs/<preset>-<timestamp>``)
 
 EXAMPLES = """examples:
-  kdistill run                                   # the spec's experiment (preset mnist-spec)
+  kdistill run                                   # the MNIST tutorial's experiment (preset mnist-spec)
   kdistill run --out runs/demo student.epochs=3  # override any config key
   kdistill run --config my.yaml distill.loss=hinton distill.temperature=4 distill.alpha=0.9
   kdistill run --nproc 2                         # DistributedDataParallel (torchrun), 2 processes

@@ -30,7 +30,7 @@ def normalize(images: torch.Tensor, mean: float | Sequence[float], std: float | 
     one value for every channel or one per channel. ([B, H, W] is taken as one channel.)"""
     x = (images.unsqueeze(1) if images.dim() == 3 else images).to(dtype)
     mean, std = per_channel(mean), per_channel(std)
-    if len(set(mean)) == 1 and len(set(std)) == 1:  # scalars: the spec's exact arithmetic
+    if len(set(mean)) == 1 and len(set(std)) == 1:  # scalars: the MNIST tutorial's exact arithmetic
         return (x * (1.0 / (255.0 * std[0]))).sub_(mean[0] / std[0])
     if len(mean) != x.shape[1] or len(std) != x.shape[1]:
         raise ValueError(f"{len(mean)} means and {len(std)} stds for {x.shape[1]} channels")

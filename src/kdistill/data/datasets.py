@@ -23,7 +23,7 @@ from .arrays import (as_labels, as_nchw, channel_stats, check_split, parse_size,
 from .idx import parse_idx
 
 SPLITS = ("train", "val", "test")
-# customary normalisation constants (the spec's 0.5 / 0.5 for the MNIST family)
+# customary normalisation constants (the MNIST tutorial's 0.5 / 0.5 for the MNIST family)
 NORMALIZATION = {
     "mnist": ((0.5,), (0.5,)),
     "fashion-mnist": ((0.5,), (0.5,)),

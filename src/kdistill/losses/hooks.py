@@ -62,7 +62,7 @@ class FeatureHooks:
 def default_feature_layer(model: nn.Module) -> str:
     """The "penultimate layer" FitNets and AT use by default.
 
-    The second-to-last leaf module with parameters, in registration order: ``fc1`` of the spec's
+    The second-to-last leaf module with parameters, in registration order: ``fc1`` of the MNIST tutorial's
     TeacherNet and StudentNet, ``fc2`` of ``mlp:784-800-800-10``. Registration order is usually
     the order of the forward pass; where a model differs, name the layer.
     """

@@ -38,9 +38,9 @@ def soft_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
 @register_loss("kl")
 def kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.Tensor, *,
        temperature: float = 1.0, standardize: bool = False) -> dict[str, torch.Tensor]:
-    """The spec's loss: ``kl_div(log_softmax(s), softmax(t), reduction="batchmean")``.
+    """The MNIST tutorial's loss: ``kl_div(log_softmax(s), softmax(t), reduction="batchmean")``.
 
-    No labels are used. At ``temperature`` 1 (the spec) it is exactly the spec's function; other
+    No labels are used. At ``temperature`` 1 (the tutorial) it is exactly the tutorial's function; other
     temperatures soften both distributions without Hinton's T² rescaling.
     """
     return {"kd": soft_kl(student_logits, teacher_logits, temperature, standardize)}

@@ -1,4 +1,4 @@
-"""Models: the spec's nets, an MLP builder, the CIFAR zoo and a registry of names."""
+"""Models: the MNIST tutorial's nets, an MLP builder, the CIFAR zoo and a registry of names."""
 from .nets import MLP, ConvNet, Ensemble, StudentNet, TeacherNet
 from .registry import count_params, create_model, list_models, register_model
 from . import cifar  # noqa: E402,F401  (registers the CIFAR zoo)

@@ -28,8 +28,8 @@ def register_model(name: str, description: str):
     return wrap
 
 
-register_model("spec-teacher", "the spec's CNN teacher")(TeacherNet)
-register_model("spec-student", "the spec's 784-128-10 MLP student")(StudentNet)
+register_model("spec-teacher", "the MNIST tutorial's CNN teacher")(TeacherNet)
+register_model("spec-student", "the MNIST tutorial's 784-128-10 MLP student")(StudentNet)
 register_model("cnn", "a stronger CNN teacher: 4 conv-BN-ReLU, 2 pools, fc 256")(ConvNet)
 register_model("hinton-teacher", "Hinton et al.'s MLP teacher 784-1200-1200-10, dropout 0.5 "
                                  "(input 0.2)")(lambda num_classes=10, in_features=784: MLP(
