@@ -1,10 +1,23 @@
 import pytest
 import torch
 
-from kdistill.data.augment import (Augment, gaussian_blur, random_erase, random_shifts,
-                                   random_translate, random_warp, shift)
+from kdistill.data.augment import (Augment, draw_offsets, gaussian_blur, random_erase,
+                                   random_warp, shift)
 from kdistill.engine import Distiller, Images, fit, predict_logits
 from kdistill.models import ConvNet, count_params, create_model
+
+
+def random_shifts(n: int, pixels: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-image offsets (dy, dx), each [n, 1], drawn one batch at a time."""
+    dy, dx = draw_offsets(n, pixels, generator)
+    return dy, dx
+
+
+def random_translate(images: torch.Tensor, pixels: int, generator: torch.Generator) -> torch.Tensor:
+    """Each image shifted by its own random offset in [-pixels, pixels], zero filled."""
+    if pixels == 0:
+        return images
+    return shift(images, *random_shifts(len(images), pixels, generator), pixels)
 
 
 def test_translate_shifts_each_image_within_bounds():

@@ -50,7 +50,7 @@ def test_graphed_steps_train_like_eager_steps(idx_dir, captures, model, schedule
     train = Images(ds.train_images, ds.train_labels).to("cuda")
     augment = Augment(translate)
     teacher = None
-    if translate:  # a student of a per-view teacher table, as `best` trains one
+    if translate:  # a student of a per-view teacher table, as `mnist-best` trains one
         torch.manual_seed(1)
         teacher = predict_views(create_model("mlp:784-16-10").cuda(), train, augment)
     eager, eager_history = _train(train, model, False, teacher, augment, schedule, micro_batches)

@@ -188,7 +188,7 @@ def test_synthetic_rgb_runs_end_to_end(form, tmp_path):
 def test_python_api_runs_on_arrays(tmp_path):
     (tx, ty), (sx, sy) = colour_images(200, 3), colour_images(50, 4)
     data = Dataset.from_arrays(tx, ty, sx, sy, name="colours")
-    result = kdistill.run("seed", out=tmp_path / "run", data=data, quiet=True,
+    result = kdistill.run("mnist-spec", out=tmp_path / "run", data=data, quiet=True,
                           overrides=[*FAST[:-3], "bench.enabled=false", "data.mean=null",
                                      "data.std=null"])
     assert result.metrics["dataset"]["name"] == "colours"

@@ -94,15 +94,11 @@ def reused_memory() -> Iterator[None]:
     """Keep freed host memory in the process for reuse while timing (glibc; elsewhere a no-op).
 
     glibc serves a large block from its heap only if a free one is there, and otherwise maps
-    fresh pages and hands them back to the OS when the block is freed, so every page faults
-    in again. The spec teacher's batch-1024 activation (52 MB) paid 12,800 page faults a call,
-    so its inference ran at a third of its speed in a fresh process but at full speed at the
-    end of a ``kdistill run``, whose heap had grown (``benchmarks/timing_method.py RUN_DIR
-    --batch 1024 --glibc-defaults``). Inside this block mmap is off and the heap is kept, as
-    jemalloc or tcmalloc would keep it, so every process times the models' steady state. On
-    leaving the outermost block glibc's defaults come back and the kept memory returns to the
-    OS. Training does not use it: across a whole ``kdistill run`` with batch-1024 teacher steps
-    the kept heap fragmented and the run peaked at three times the memory (README, "Speed").
+    fresh pages and hands them back to the OS when the block is freed, so every call of a model
+    with large activations would fault its pages in again. Inside this block mmap is off and the
+    heap is kept, as jemalloc or tcmalloc would keep it, so every process times the models'
+    steady state. On leaving the outermost block glibc's defaults come back and the kept memory
+    returns to the OS. Training does not use it: a kept heap fragments over a long run.
     """
     global _reusing
     try:
@@ -169,10 +165,8 @@ def time_callables(fns: dict[str, Callable[[Any], Any]], examples: torch.Tensor,
     converted before any timing, as a server's request decoder would produce. Every call is
     timed in the steady state of a server answering a stream of requests: in blocks of
     consecutive calls of one function, each block after an untimed call, the blocks rotating
-    among the functions so that machine noise falls on all alike (:func:`time_blocks`).
-    Single calls in rotation would time each model just after another had emptied the caches
-    and let other threads sleep: the spec's student then reads 34 instead of 21 µs at batch 1
-    and a sixth fewer images/s at batch 1024 (``benchmarks/timing_method.py``).
+    among the functions so that machine noise falls on all alike (:func:`time_blocks`), and
+    no model is timed just after another has emptied the caches.
 
     Batch-1 latency runs with one torch thread (a batch of one does not use more), in blocks
     of ``LATENCY_BLOCK`` calls. Throughput, with all threads, is the median of up to
@@ -185,23 +179,14 @@ def time_callables(fns: dict[str, Callable[[Any], Any]], examples: torch.Tensor,
     if device.type != "cpu":
         fns = {name: (lambda f: lambda x: (f(x), synchronize(device)))(fn)
                for name, fn in fns.items()}
-    reps = -(-max(batches) // len(examples))
-    pool = examples.repeat(reps, *[1] * (examples.dim() - 1))
-    convert = convert or {}
+    inputs = _batched_inputs(fns, examples, (1, *batches), convert or {})
 
-    def batches_of(size: int) -> dict[str, list]:
-        cut = [pool[i:i + size] for i in range(0, len(pool) - size + 1, size)]
-        return {name: [convert[name](x) for x in cut] if name in convert else cut
-                for name in fns}
+    def enough(spent: list[float]) -> bool:
+        return len(spent) >= throughput_repeats or (
+            len(spent) >= 3 and sum(spent) >= throughput_seconds)
 
-    inputs = {b: batches_of(b) for b in (1, *batches)}
     with torch.inference_mode(), reused_memory():
-        for _ in range(warmup):
-            for name, fn in fns.items():
-                fn(inputs[1][name][0])
-        for batch in inputs.values():
-            for name, fn in fns.items():
-                fn(batch[name][0])
+        _warm_up(fns, inputs, warmup)
         threads = torch.get_num_threads()
         torch.set_num_threads(1)  # batch-1 latency single-threaded for every runtime
         try:
@@ -209,17 +194,39 @@ def time_callables(fns: dict[str, Callable[[Any], Any]], examples: torch.Tensor,
                                   lambda spent: len(spent) >= latency_repeats)
         finally:
             torch.set_num_threads(threads)
-
-        def enough(spent: list[float]) -> bool:
-            return len(spent) >= throughput_repeats or (
-                len(spent) >= 3 and sum(spent) >= throughput_seconds)
-
         seconds = {b: time_blocks(fns, inputs[b], THROUGHPUT_BLOCK, enough) for b in batches}
     return {name: {"latency_batch1_ms": statistics.median(latency[name]) * 1e3,
                    "latency_batch1_p90_ms": _percentile(latency[name], 0.9) * 1e3,
                    "throughput_per_s": {b: b / statistics.median(seconds[b][name])
                                         for b in batches}}
             for name in fns}
+
+
+def _batched_inputs(fns: dict[str, Callable[[Any], Any]], examples: torch.Tensor,
+                    sizes: tuple[int, ...], convert: dict[str, Callable[[torch.Tensor], Any]]
+                    ) -> dict[int, dict[str, list]]:
+    """For each batch size, every function's consecutive batches of ``examples`` (tiled up to
+    the largest size), converted to its array type where ``convert`` says."""
+    reps = -(-max(sizes) // len(examples))
+    pool = examples.repeat(reps, *[1] * (examples.dim() - 1))
+
+    def batches_of(size: int) -> dict[str, list]:
+        cut = [pool[i:i + size] for i in range(0, len(pool) - size + 1, size)]
+        return {name: [convert[name](x) for x in cut] if name in convert else cut
+                for name in fns}
+
+    return {b: batches_of(b) for b in sizes}
+
+
+def _warm_up(fns: dict[str, Callable[[Any], Any]], inputs: dict[int, dict[str, list]],
+             calls: int) -> None:
+    """``calls`` batch-1 calls of each function, then one call at each batch size."""
+    for _ in range(calls):
+        for name, fn in fns.items():
+            fn(inputs[1][name][0])
+    for batch in inputs.values():
+        for name, fn in fns.items():
+            fn(batch[name][0])
 
 
 def _ort_runner(session, single_thread_session) -> Callable[[np.ndarray], np.ndarray]:
@@ -232,7 +239,8 @@ def _ort_runner(session, single_thread_session) -> Callable[[np.ndarray], np.nda
     return lambda x: (single if len(x) == 1 else batched)(x)
 
 
-def _accuracy(logits: np.ndarray, data: Images) -> float:
+def _top1(logits: np.ndarray, data: Images) -> float:
+    """The fraction of ``data`` whose label is the largest of its ``logits``."""
     return float((logits.argmax(1) == data.labels.numpy()).mean())
 
 
@@ -249,43 +257,25 @@ def deployment_bench(models: dict[str, nn.Module], test: Images, out_dir: Path, 
     {latency_batch1_ms, latency_batch1_p90_ms, throughput_per_s: {batch: images/s},
     test_accuracy, bytes}}, onnx_parity}}``; ONNX files are written into ``out_dir``.
     """
-    from .export import export_onnx, ort_logits, ort_session, parity, quantize_int8
-
     examples = test.inputs(slice(0, len(test)))  # timings cycle through the whole test set
     example = examples[:max(batches)]  # one batch of the largest size: MACs, memory, export
     test_cpu = test.to("cpu")
     fns: dict[torch.device, dict[str, Callable[[Any], Any]]] = {example.device: {}}
     cpu = fns.setdefault(torch.device("cpu"), {})
-    ort_runs: set[str] = set()  # the functions that take numpy arrays
     result: dict[str, dict] = {}
     for role, model in models.items():
         model.eval()
         eager_logits = predict_logits(model, test).cpu().numpy()
-        eager_accuracy = _accuracy(eager_logits, test_cpu)
         entry: dict[str, Any] = {**describe_model(model, example),
                                  "peak_memory_bytes": peak_memory(model, example),
-                                 "runtimes": {"eager": {"test_accuracy": eager_accuracy}}}
+                                 "runtimes": {"eager": {"test_accuracy": _top1(eager_logits,
+                                                                               test_cpu)}}}
         fns[example.device][f"{role}/eager"] = model
         if onnx:
-            on_cpu = example.device.type == "cpu"
-            cpu_model = model if on_cpu else copy.deepcopy(model).cpu()
-            path = export_onnx(cpu_model, example.cpu(), out_dir / f"{role}.onnx")
-            session = ort_session(path)
-            onnx_logits = ort_logits(session, test_cpu)
-            reference = eager_logits if on_cpu else predict_logits(cpu_model, test_cpu).numpy()
-            entry["onnx_parity"] = parity(reference, onnx_logits)
-            int8_path = quantize_int8(path, out_dir / f"{role}.int8.onnx")
-            int8 = ort_session(int8_path)
-            entry["runtimes"]["onnx"] = {"bytes": path.stat().st_size,
-                                         "test_accuracy": _accuracy(onnx_logits, test_cpu)}
-            entry["runtimes"]["int8"] = {"bytes": int8_path.stat().st_size,
-                                         "test_accuracy": _accuracy(ort_logits(int8, test_cpu), test_cpu)}
-            entry["runtimes"]["int8"]["accuracy_delta"] = (
-                entry["runtimes"]["int8"]["test_accuracy"] - eager_accuracy)
-            ort_runs |= {f"{role}/onnx", f"{role}/int8"}
-            cpu[f"{role}/onnx"] = _ort_runner(session, ort_session(path, threads=1))
-            cpu[f"{role}/int8"] = _ort_runner(int8, ort_session(int8_path, threads=1))
+            cpu.update(_onnx_runtimes(role, model, entry, example, test_cpu, eager_logits,
+                                      out_dir))
         result[role] = entry
+    ort_runs = [name for name in cpu if not name.endswith("/eager")]  # they take numpy arrays
     timings = {}
     for device, group in fns.items():
         if group:
@@ -297,3 +287,29 @@ def deployment_bench(models: dict[str, nn.Module], test: Images, out_dir: Path, 
         role, runtime = key.split("/")
         result[role]["runtimes"][runtime].update(numbers)
     return result
+
+
+def _onnx_runtimes(role: str, model: nn.Module, entry: dict, example: torch.Tensor,
+                   test_cpu: Images, eager_logits: np.ndarray, out_dir: Path
+                   ) -> dict[str, Callable[[np.ndarray], np.ndarray]]:
+    """Export ``model`` to ONNX and int8 in ``out_dir``, record their parity, accuracy and bytes
+    in ``entry``; return their runners (``role/onnx``, ``role/int8``) to time on the CPU."""
+    from .export import export_onnx, ort_logits, ort_session, parity, quantize_int8
+
+    on_cpu = example.device.type == "cpu"
+    cpu_model = model if on_cpu else copy.deepcopy(model).cpu()
+    path = export_onnx(cpu_model, example.cpu(), out_dir / f"{role}.onnx")
+    session = ort_session(path)
+    onnx_logits = ort_logits(session, test_cpu)
+    reference = eager_logits if on_cpu else predict_logits(cpu_model, test_cpu).numpy()
+    entry["onnx_parity"] = parity(reference, onnx_logits)
+    int8_path = quantize_int8(path, out_dir / f"{role}.int8.onnx")
+    int8 = ort_session(int8_path)
+    int8_accuracy = _top1(ort_logits(int8, test_cpu), test_cpu)
+    entry["runtimes"]["onnx"] = {"bytes": path.stat().st_size,
+                                 "test_accuracy": _top1(onnx_logits, test_cpu)}
+    entry["runtimes"]["int8"] = {
+        "bytes": int8_path.stat().st_size, "test_accuracy": int8_accuracy,
+        "accuracy_delta": int8_accuracy - entry["runtimes"]["eager"]["test_accuracy"]}
+    return {f"{role}/onnx": _ort_runner(session, ort_session(path, threads=1)),
+            f"{role}/int8": _ort_runner(int8, ort_session(int8_path, threads=1))}

@@ -14,7 +14,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import EngFormatter
 
 from .files import atomic_write_bytes
-from .report import LABELS
+from .roles import LABELS
 
 COLORS = {"teacher": "#1f77b4", "student": "#d62728", "control": "#7f7f7f"}
 # A model without its own inference measurements shares another's: the control is the student's
@@ -201,8 +201,11 @@ def temperature_figure(series: dict[str, dict[float, tuple[float, float]]],
 
 
 def png_bytes(fig: Figure) -> bytes:
-    """A figure as PNG bytes, reproducibly (no timestamp or version inside)."""
-    return _png(fig)
+    """A figure as PNG bytes, reproducibly: no timestamp or version inside, so the same
+    metrics give the same bytes."""
+    buffer = BytesIO()
+    fig.savefig(buffer, format="png", metadata={"Software": None})
+    return buffer.getvalue()
 
 
 FIGURES = {"accuracy": accuracy_figure, "tradeoff": tradeoff_figure, "confusion": confusion_figure}
@@ -223,13 +226,7 @@ def write_plots(run_dir: str | Path, metrics: dict) -> dict[str, str]:
         if fig is None:
             path.unlink(missing_ok=True)
             continue
-        atomic_write_bytes(path, _png(fig))
+        atomic_write_bytes(path, png_bytes(fig))
         written[name] = f"{PLOT_DIR}/{name}.png"
     return written
 
-
-def _png(fig: Figure) -> bytes:
-    buffer = BytesIO()
-    # No timestamp or version in the file: the same metrics give the same bytes.
-    fig.savefig(buffer, format="png", metadata={"Software": None})
-    return buffer.getvalue()

@@ -1,25 +1,25 @@
 """Turn a run's ``metrics.json`` into ``report.md`` (with plots) and a self-contained ``report.html``.
 
-The markdown is the one source of the report's words; the HTML is that markdown converted by a
-small converter for the subset :func:`render` writes, with every plot inlined as a data URI so
-the file opens in a browser on its own (and can be mailed or attached as one file).
+The markdown is the one source of the report's words; the HTML is that markdown converted by
+:mod:`kdistill.report_html` (markdown-it-py), with every plot inlined as a data URI so the file
+opens in a browser on its own (and can be mailed or attached as one file).
 
 A run directory is passed around, so every value in its ``metrics.json`` (names, descriptions,
 class and model names, environment strings) is untrusted. Values enter the markdown only through
 :func:`md_text` / :func:`md_code` (one line, markdown and HTML characters backslash-escaped, so a
 value shows as exactly its text and can start no block, table cell or raw HTML); the converter
-escapes every text node and attribute, inlines only PNG files inside the run directory, and the
-page carries a Content-Security-Policy that allows no script at all.
+parses no raw HTML or links, escapes every text node and attribute, inlines only PNG files
+inside the run directory, and the page carries a Content-Security-Policy that allows no script.
 """
 from __future__ import annotations
 
-import base64
-import html
 import re
 from pathlib import Path
 
 from .errors import KdistillError
 from .files import atomic_write_text
+from .report_html import markdown_to_html, render_html  # noqa: F401 (markdown_to_html: kept here)
+from .roles import LABELS, ROLES
 from .runfiles import read_metrics
 
 # What the seed spec (seed-README.md) published, to set beside our numbers.
@@ -34,8 +34,6 @@ SPEC = {
     # stride-5 pool never reads rows/columns 20-23, so 140,800 of them are wasted (see TeacherNet).
     "teacher_macs_as_written": 24 * 24 * 32 * 25 + 512 * 128 + 128 * 10,
 }
-ROLES = ("teacher", "student", "control")
-LABELS = {"teacher": "teacher", "student": "distilled student", "control": "control (labels only)"}
 CAPTIONS = {"accuracy": "Test accuracy per epoch",
             "tradeoff": "Test accuracy against batch-1 latency and multiply-adds per sample "
                         "(the control runs exactly like the student)",
@@ -319,153 +317,19 @@ def runs_table(summaries: list[dict]) -> str:
                      for row in rows)
 
 
-# ------------------------------------------------------------------------- HTML
-HTML_TEMPLATE = """<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta http-equiv="Content-Security-Policy" content="{csp}">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{title}</title>
-<style>
-body {{ font: 15px/1.5 system-ui, -apple-system, "Segoe UI", sans-serif; color: #222;
-       max-width: 1000px; margin: 2em auto; padding: 0 1em; }}
-h1 {{ font-size: 1.6em; border-bottom: 2px solid #d62728; padding-bottom: .2em; }}
-h2 {{ font-size: 1.2em; margin-top: 1.6em; }}
-table {{ border-collapse: collapse; margin: .8em 0; font-size: .9em; display: block;
-        overflow-x: auto; }}
-th, td {{ border: 1px solid #ddd; padding: .3em .6em; }}
-td {{ white-space: nowrap; }}
-th {{ background: #f4f4f4; }}
-tr:nth-child(even) td {{ background: #fafafa; }}
-code {{ background: #f2f2f2; padding: 0 .25em; border-radius: 3px; font-size: .9em; }}
-figure {{ margin: 1em 0; }}
-figure img {{ max-width: 100%; height: auto; }}
-figcaption {{ color: #666; font-size: .85em; }}
-</style>
-</head>
-<body>
-{body}
-</body>
-</html>
-"""
-# The page runs no script and fetches nothing: inline CSS and inlined PNGs are all it uses.
-CSP = ("default-src 'none'; img-src data:; style-src 'unsafe-inline'; base-uri 'none'; "
-       "form-action 'none'")
-# A code span, or a backslash escape of an ASCII punctuation character (CommonMark).
-_TOKEN = re.compile(r"(`[^`]+`|\\[!-/:-@\[-`{-~])")
-_IMAGE = re.compile(r"^!\[(?P<alt>[^\]]*)\]\((?P<src>[^)]+)\)$")
-# An image source the converter inlines: a relative path of plain names (no scheme, no
-# leading /, no ..); anything else (javascript:, data:, http:, /etc/...) stays text.
-_RELATIVE_PATH = re.compile(r"\w[\w.-]*(?:/\w[\w.-]*)*")
-_PNG = b"\x89PNG\r\n\x1a\n"
-
-
-def _escape(text: str) -> str:
-    return html.escape(text, quote=True)
-
-
-def _inline(text: str) -> str:
-    """Escape ``text`` and turn its `code`, **bold** and _italic_ spans and backslash escapes
-    into HTML; nothing else in it becomes markup."""
-    text = text.replace("\x00", "")
-    parts, spans = [], []
-    for i, part in enumerate(_TOKEN.split(text)):
-        if not i % 2:
-            parts.append(_escape(part))
-            continue
-        # Code and escaped characters are final: emphasis is not looked for inside them.
-        spans.append(f"<code>{_escape(part[1:-1])}</code>" if part[0] == "`" else _escape(part[1]))
-        parts.append(f"\x00{len(spans) - 1}\x00")
-    out = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", "".join(parts))
-    out = re.sub(r"(?<!\w)_(\S(?:.*?\S)?)_(?!\w)", r"<em>\1</em>", out)
-    return re.sub(r"\x00(\d+)\x00", lambda m: spans[int(m[1])], out)
-
-
-def _cells(line: str) -> list[str]:
-    """The cells of a table row; ``\\|`` is a pipe inside a cell (GFM), also in code."""
-    cells = re.split(r"(?<!\\)\|", line.strip())
-    if cells and not cells[0].strip():
-        cells = cells[1:]
-    if cells and not cells[-1].strip():
-        cells = cells[:-1]
-    return [c.replace("\\|", "|").strip() for c in cells]
-
-
-def _table(lines: list[str]) -> str:
-    """A markdown table (header, alignment row, body rows) as an HTML table."""
-    aligns = ["right" if c.endswith(":") else "left" for c in _cells(lines[1])]
-
-    def row(line: str, tag: str) -> str:
-        cells = _cells(line) + [""] * len(aligns)  # GFM: missing cells empty, extra ones dropped
-        return "".join(f'<{tag} style="text-align:{a}">{_inline(c)}</{tag}>'
-                       for c, a in zip(cells, aligns))
-
-    body = "".join(f"<tr>{row(line, 'td')}</tr>\n" for line in lines[2:])
-    return (f"<table>\n<thead><tr>{row(lines[0], 'th')}</tr></thead>\n<tbody>\n{body}</tbody>\n"
-            "</table>")
-
-
-def _data_uri(data: bytes) -> str:
-    return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
-
-
-def _image_src(src: str, base_dir: Path) -> str | None:
-    """What an image's ``src`` attribute gets: a PNG inside ``base_dir`` as a data URI, a
-    relative path to a file not there as itself; None (show the markdown as text) for any other
-    URL or path and for a file that is not a PNG."""
-    if not _RELATIVE_PATH.fullmatch(src):
-        return None
-    root = base_dir.resolve()
-    path = (root / src).resolve()  # a link pointing out of the run directory is refused
-    if not path.is_relative_to(root):
-        return None
-    if not path.exists():
-        return _escape(src)
-    data = path.read_bytes() if path.is_file() else b""
-    return _data_uri(data) if data.startswith(_PNG) else None
-
-
-def markdown_to_html(markdown: str, base_dir: Path) -> str:
-    """The HTML body of a report written by :func:`render`: headings, paragraphs, bullet lists,
-    tables and images (read from ``base_dir`` and inlined as data URIs)."""
-    blocks = []
-    for block in re.split(r"\n\s*\n", markdown.strip()):
-        lines = block.splitlines()
-        image = _IMAGE.match(block.strip())
-        if lines[0].startswith("#"):
-            level = len(lines[0]) - len(lines[0].lstrip("#"))
-            blocks.append(f"<h{level}>{_inline(lines[0][level:].strip())}</h{level}>")
-        elif image and (uri := _image_src(image["src"], base_dir)) is not None:
-            alt = _escape(image["alt"])
-            blocks.append(f'<figure><img src="{uri}" alt="{alt}">'
-                          f"<figcaption>{alt}</figcaption></figure>")
-        elif all(line.startswith("|") for line in lines) and len(lines) >= 2:
-            blocks.append(_table(lines))
-        elif all(line.startswith("- ") for line in lines):
-            blocks.append("<ul>\n" + "".join(f"<li>{_inline(line[2:])}</li>\n" for line in lines)
-                          + "</ul>")
-        else:
-            blocks.append(f"<p>{_inline(' '.join(lines))}</p>")
-    return "\n".join(blocks)
-
-
-def render_html(markdown: str, base_dir: Path) -> str:
-    """A complete, self-contained HTML page for a report's markdown."""
-    heading = next((line[2:] for line in markdown.splitlines() if line.startswith("# ")),
-                   "kdistill report")
-    title = re.sub(r"<[^>]*>", "", _inline(heading.strip()))  # escaped text, without its tags
-    return HTML_TEMPLATE.format(csp=CSP, title=title, body=markdown_to_html(markdown, base_dir))
-
-
 def write_report(run_dir: str | Path) -> Path:
-    """Re-render the plots, ``report.md`` and ``report.html`` from ``run_dir/metrics.json``;
-    return the path of ``report.md``."""
+    """Re-render the plots, ``report.md`` and ``report.html`` from ``run_dir/metrics.json``
+    (read through the run schema: a handed run may hold anything); return ``report.md``'s path."""
+    return write_report_files(run_dir, read_metrics(run_dir))
+
+
+def write_report_files(run_dir: str | Path, metrics: dict) -> Path:
+    """Render ``metrics`` into ``run_dir``; every value is escaped here whatever the schema let
+    through."""
     # matplotlib takes a while to import: only rendering a report pays for it.
     from .plots import write_plots
 
     run_dir = Path(run_dir)
-    metrics = read_metrics(run_dir)  # one schema, no links: a handed run may hold anything
     markdown = render(metrics, write_plots(run_dir, metrics))
     path = run_dir / "report.md"
     atomic_write_text(path, markdown)

@@ -20,16 +20,9 @@ def draw_offsets(n: int, pixels: int, generator: torch.Generator) -> torch.Tenso
     return torch.randint(0, 2 * pixels + 1, (2, n, 1), generator=generator)
 
 
-def random_shifts(n: int, pixels: int, generator: torch.Generator,
-                  device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`draw_offsets` as two tensors (dy, dx), each [n, 1], on ``device``."""
-    dy, dx = draw_offsets(n, pixels, generator).to(device)
-    return dy, dx
-
-
 def shift(images: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, pixels: int) -> torch.Tensor:
-    """Shift each image of [B, C, H, W] by its offsets from :func:`random_shifts` (zero fill):
-    the same as padding by ``pixels`` and cropping the original size at (dy, dx)."""
+    """Shift each image of [B, C, H, W] by its offsets dy, dx [B, 1] from :func:`draw_offsets`
+    (zero fill): the same as padding by ``pixels`` and cropping the original size at (dy, dx)."""
     b, h, w = images.shape[0], images.shape[-2], images.shape[-1]
     padded = F.pad(images.reshape(b, -1, h, w), (pixels, pixels, pixels, pixels))
     c, hp, wp, k = padded.shape[1], h + 2 * pixels, w + 2 * pixels, 2 * pixels + 1
@@ -38,14 +31,6 @@ def shift(images: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, pixels: int)
     windows = padded.as_strided((b, k, k, c, h, w), (c * hp * wp, wp, 1, hp * wp, wp, 1))
     picked = windows[torch.arange(b, device=images.device), dy.view(-1), dx.view(-1)]
     return picked.reshape(images.shape)
-
-
-def random_translate(images: torch.Tensor, pixels: int, generator: torch.Generator) -> torch.Tensor:
-    """Shift each image of a uint8 batch [B, C, H, W] by its own random offset in [-pixels, pixels]
-    along both axes, filling with zeros (Hinton et al.'s jitter of up to 2 pixels)."""
-    if pixels == 0:
-        return images
-    return shift(images, *random_shifts(len(images), pixels, generator, images.device), pixels)
 
 
 def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -140,7 +125,7 @@ class Augment:
         """Offsets [2, b, 1] (dy, dx), or [3, b, 1] with each image's flip bit, for consecutive
         batches of ``sizes`` (for :meth:`apply_shifts`), drawn in one call and moved to
         ``device`` in one copy: the shifts are the very values that drawing each batch's
-        :func:`random_shifts` in turn gives."""
+        :func:`draw_offsets` in turn gives."""
         n = sum(sizes)
         shifts = draw_offsets(n, self.translate, generator).view(-1)
         flips = torch.randint(0, 2, (n,), generator=generator) if self.hflip else shifts[:0]

@@ -1,0 +1,250 @@
+"""The training phases of a run: the teacher (or each ensemble member, maybe from the teacher
+cache), its logits on the training set, the distilled student and the control, each recorded in
+``metrics.json`` and skipped when a resumed run already finished it."""
+from __future__ import annotations
+
+import functools
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from . import __version__, distributed
+from .bench import describe_model
+from .checkpoint import load_weights, save_weights
+from .config import RunConfig
+from .data import Dataset
+from .data.batches import renormalize
+from .engine import (Distiller, Images, evaluate, fit, predict_logits_shared, predict_views,
+                     tabulate_views)
+from .files import atomic_write_json
+from .losses import FeatureDistillation, feature_kind, is_feature_loss
+from .models import Ensemble
+from .progress import Reporter
+from .teacher_cache import TeacherCache, data_fingerprint, teacher_key
+
+# the largest table of per-view teacher logits kept in memory (60k images x 25 views: 60 MB)
+MAX_TEACHER_TABLE_BYTES = 2 << 30
+
+
+class Experiment:
+    """One run's phases, each skipped when a resumed run already finished it."""
+
+    def __init__(self, cfg: RunConfig, out_dir: Path, metrics: dict, dataset: Dataset,
+                 splits: tuple[Images, Images, Images], models: dict[str, nn.Module],
+                 quiet: bool, progress: bool | None, started: float,
+                 tensorboard: bool = False, retrain_teacher: bool = False) -> None:
+        self.cfg, self.out_dir, self.metrics, self.dataset = cfg, out_dir, metrics, dataset
+        self.train, self.val, self.test = splits
+        t = cfg.teacher  # the teacher's own normalisation, if it has one
+        self.teacher_norm = (self.train.mean if t.mean is None else t.mean,
+                             self.train.std if t.std is None else t.std)
+        self.models, self.started = models, started
+        # Under torchrun every process trains on its share of each global batch; only rank 0
+        # prints and writes.
+        self.main = distributed.is_main()
+        self.log = Reporter(out_dir, quiet or not self.main, write=self.main,
+                            tensorboard=tensorboard)
+        self.show = (not quiet) and self.main and (sys.stderr.isatty() if progress is None
+                                                   else progress)
+        self.timings: dict[str, float] = {}
+        self.cache, self.retrain_teacher = TeacherCache(), retrain_teacher
+        self.teacher_keys: list[str] = []  # cache keys of the teacher (each ensemble member)
+        if self.main:
+            (out_dir / "checkpoints").mkdir(exist_ok=True)
+
+    def seen_by(self, role: str, split: Images) -> Images:
+        """``split`` normalised as ``role`` takes its inputs (the teacher may have its own)."""
+        if role != "teacher":
+            return split
+        return Images(split.images, split.labels, *self.teacher_norm)
+
+    def save_metrics(self) -> None:
+        if self.main:
+            atomic_write_json(self.out_dir / "metrics.json", self.metrics)
+
+    def phase(self, key: str, begin: float) -> None:
+        self.timings[f"{key}_seconds"] = time.perf_counter() - begin
+
+    def train_all(self) -> None:
+        cfg = self.cfg
+        self.train_model("teacher", cfg.teacher,
+                         trained=bool(cfg.teacher.weights) or cfg.teacher.epochs == 0)
+        teacher_logits = self._teacher_logits()
+        self.train_model("student", cfg.student,
+                         self.models["teacher"] if teacher_logits is None else teacher_logits)
+        gain = None
+        if cfg.control:
+            self.train_model("control", cfg.student)
+            done = self.metrics["models"]
+            gain = done["student"]["test_accuracy"] - done["control"]["test_accuracy"]
+        self.metrics["distill"] = {**cfg.distill.model_dump(), "gain_over_control": gain}
+
+    def _teacher_logits(self) -> torch.Tensor | None:
+        """The frozen teacher's logits on every input the student can see, when those are few:
+        the training set itself without augmentation ([N, C]), or each of its (2p+1)^2 shifted
+        views under shifts alone ([V, N, C]) when that costs no more teacher passes than running
+        the teacher live every epoch. Exactly what a live teacher would output (up to float
+        rounding); cached beside the teacher. None: feature objectives and continuous
+        augmentations run the teacher live. Under torchrun each process computes its share."""
+        cfg = self.cfg
+        augment = cfg.data.augment()
+        views = augment.views
+        if is_feature_loss(cfg.distill.loss) or (augment and not views):
+            return None
+        table_bytes = (views or 1) * len(self.train) * self.dataset.num_classes * 4
+        if views and not (tabulate_views(augment, cfg.student.epochs)
+                          and table_bytes <= MAX_TEACHER_TABLE_BYTES):
+            return None
+        t = time.perf_counter()
+        recipe: dict = {"members": self.teacher_keys}
+        if len(self.teacher_keys) > 1:  # an ensemble's logits depend on T (models.Ensemble)
+            recipe["T"] = cfg.distill.temperature
+        if views:
+            recipe["translate"] = augment.translate
+        name = "train_logits-" + teacher_key(recipe)
+        key = self.teacher_keys[0] if self.teacher_keys else None
+        logits = self.cache.load_logits(key, name) if key else None
+        shape = (views, len(self.train)) if views else (len(self.train),)
+        if logits is not None and logits.shape[:-1] == shape:
+            self.log.say("teacher  logits on the training set from the cache")
+            logits = logits.to(self.train.device)
+        else:
+            if views:
+                self.log.say(f"teacher  logits on all {views} shifted views of the training set")
+            predict = (functools.partial(predict_views, augment=augment) if views
+                       else predict_logits_shared)
+            logits = predict(self.models["teacher"], self.seen_by("teacher", self.train),
+                             batch_size=cfg.eval_batch_size, precision=cfg.precision)
+            if key and self.main:
+                self.cache.store_logits(key, name, logits)
+        self.phase("teacher_logits", t)
+        return logits
+
+    def _fit(self, name: str, model: nn.Module, spec, teacher: torch.Tensor | nn.Module | None,
+             seed: int) -> list[dict]:
+        """Train ``model`` (checkpointed as ``checkpoints/<name>``); return its epoch records."""
+        cfg = self.cfg
+        features = None
+        if isinstance(teacher, nn.Module) and is_feature_loss(cfg.distill.loss):
+            features = FeatureDistillation(
+                model, teacher, self.train.inputs(slice(0, 2)), feature_kind(cfg.distill.loss),
+                student_layer=cfg.student.features, teacher_layer=cfg.teacher.features,
+                weight=cfg.distill.feature_weight)
+        d, role = cfg.distill, "teacher" if name.startswith("teacher") else "student"
+        distiller = Distiller(model, teacher, d.loss, features=features, temperature=d.temperature,
+                              alpha=d.alpha, beta=d.beta, standardize=d.standardize,
+                              warmup_epochs=d.warmup_epochs, teacher_inputs=renormalize(
+                                  (self.train.mean, self.train.std), self.teacher_norm))
+        t0 = time.perf_counter()
+        history = fit(distiller, self.seen_by(role, self.train), epochs=spec.epochs,
+                      batch_size=spec.batch_size, lr=spec.lr, seed=seed, optimizer=spec.optimizer,
+                      weight_decay=spec.weight_decay, momentum=spec.momentum,
+                      nesterov=spec.nesterov, schedule=spec.schedule,
+                      milestones=spec.milestones, gamma=spec.gamma, augment=cfg.data.augment(),
+                      evaluate_on=self.seen_by(role, self.test),
+                      callbacks=self.log.callbacks(name, spec.epochs),
+                      progress=self.show, desc=name,
+                      checkpoint=self.out_dir / "checkpoints" / f"{name}.safetensors",
+                      checkpoint_every=cfg.checkpoint_every, precision=cfg.precision,
+                      compile=cfg.compile, cuda_graphs=cfg.cuda_graphs,
+                      micro_batches=spec.micro_batches)
+        self.phase(name, t0)
+        if features is not None:
+            features.remove()
+        return history
+
+    @functools.cached_property
+    def _data_sha256(self) -> str:
+        d = self.dataset
+        return data_fingerprint(d.train_images, d.train_labels, d.test_images, d.test_labels)
+
+    def _teacher_recipe(self, seed: int) -> dict:
+        """Everything that determines a trained teacher (its cache key is a hash of this)."""
+        cfg = self.cfg
+        return {"teacher": cfg.teacher.model_dump(mode="json", exclude={"weights", "ensemble",
+                                                                        "features"}),
+                "data": cfg.data.model_dump(mode="json", exclude={"root"}),
+                "data_sha256": self._data_sha256, "seed": seed, "precision": cfg.precision,
+                "compile": cfg.compile, "device": self.train.device.type,
+                "processes": distributed.world_size(),
+                **({"cuda_graphs": cfg.cuda_graphs} if self.train.device.type == "cuda" else {})}
+
+    def _train_teacher(self, model: nn.Module) -> tuple[list[dict], dict]:
+        """Train the teacher (each member of an ensemble), or take it from the teacher cache."""
+        cfg = self.cfg
+        members = list(model.members) if isinstance(model, Ensemble) else [model]
+        histories, summary = [], []
+        for i, member in enumerate(members):
+            name, seed = ("teacher" if len(members) == 1 else f"teacher{i}"), cfg.seed + i
+            key = teacher_key(self._teacher_recipe(seed))
+            self.teacher_keys.append(key)
+            cached = None if self.retrain_teacher else self.cache.load(key, member)
+            if cached is not None:
+                self.log.say(f"{name:8s} from the teacher cache ({cached['cached']}; "
+                             "--retrain-teacher to train it again)")
+                history = cached["history"]
+            else:
+                history = self._fit(name, member, cfg.teacher, None, seed)
+                if self.main:
+                    self.cache.store(key, member, {"history": history},
+                                     {"role": "teacher", "model": cfg.teacher.model, "seed": seed,
+                                      "key": key, "kdistill_version": __version__})
+            histories.append(history)
+            summary.append({"seed": seed, "cache_key": key, "from_cache": cached is not None,
+                            "test_accuracy": (history[-1].get("test_accuracy")
+                                              if history else None)})
+        extra = {"members": summary} if len(members) > 1 else {
+            "cache_key": summary[0]["cache_key"], "from_cache": summary[0]["from_cache"]}
+        # what this run spent: cached members cost nothing now
+        extra["train_seconds"] = sum(h["seconds"] for m, hs in zip(summary, histories)
+                                     if not m["from_cache"] for h in hs)
+        return histories[0], extra
+
+    def train_model(self, role: str, spec, teacher: torch.Tensor | nn.Module | None = None,
+                    trained: bool = False) -> None:
+        """Train one model (or load it if a resumed run finished it) and record its metrics."""
+        cfg, model = self.cfg, self.models[role]
+        weights = self.out_dir / f"{role}.safetensors"
+        if role in self.metrics.get("models", {}) and weights.exists():
+            load_weights(weights, model)
+            self.log.say(f"{role:8s} already trained (resumed run)")
+            return
+        history: list[dict] = []
+        extra: dict = {}
+        if role == "teacher" and not trained:
+            history, extra = self._train_teacher(model)
+        elif not trained:
+            history = self._fit(role, model, spec, teacher, cfg.seed)
+        test = self.seen_by(role, self.test)
+        result = evaluate(model, test, cfg.eval_batch_size, self.dataset.num_classes)
+        entry = {"model": spec.model, "test_accuracy": result["accuracy"],
+                 "test_loss": result["loss"], "per_class_accuracy": result["per_class_accuracy"],
+                 "confusion": result["confusion"], "trained_here": not trained,
+                 "train_seconds": sum(h["seconds"] for h in history), "history": history}
+        entry.update(extra, **best_epoch(history))
+        if trained and cfg.teacher.weights:
+            entry["weights"] = str(cfg.teacher.weights)
+        if len(self.val):
+            entry["val_accuracy"] = evaluate(model, self.seen_by(role, self.val),
+                                             cfg.eval_batch_size)["accuracy"]
+        meta = {"role": role, "model": spec.model, "kwargs": spec.kwargs,
+                "dataset": self.dataset.name, "test_accuracy": result["accuracy"],
+                "kdistill_version": __version__}
+        if self.main:
+            entry["size_bytes"] = save_weights(weights, model, meta)
+        entry.update(describe_model(model, self.test.inputs(slice(0, 1))))
+        self.metrics.setdefault("models", {})[role] = entry
+        self.save_metrics()
+
+
+def best_epoch(history: list[dict]) -> dict:
+    """The epoch of highest test accuracy, as RepDistiller reports: shown for comparison with
+    papers, never used to choose anything ({} without per-epoch test accuracy)."""
+    scored = [h for h in history if h.get("test_accuracy") is not None]
+    if not scored:
+        return {}
+    best = max(scored, key=lambda h: h["test_accuracy"])
+    return {"best_test_accuracy": best["test_accuracy"], "best_test_epoch": best["epoch"]}
