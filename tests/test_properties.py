@@ -38,18 +38,14 @@ from kdistill.data import cifar, folders, npz
 from kdistill.data.idx import _TYPES, encode_idx, parse_idx
 from kdistill.errors import CheckpointError, ConfigError, DataError, KdistillError
 
-# Failing (xfail) properties make hypothesis import libcst, which warns about mypy_extensions.
-pytestmark = pytest.mark.filterwarnings("ignore:mypy_extensions.TypedDict:DeprecationWarning")
-
 # Hypothesis caches source constants (and writes failure patches) in its home directory: keep it
 # out of the repository. The example database is off altogether (database=None below).
 set_hypothesis_home_dir(Path(tempfile.gettempdir()) / "kdistill-hypothesis")
 
 
-def fuzz(examples: int, shrink: bool = True):
-    """Settings of every property here: reproducible, no database, no per-example deadline.
-    ``shrink=False`` for a property expected to fail (xfail): it fails fast, unshrunk."""
-    phases = [Phase.explicit, Phase.reuse, Phase.generate] + ([Phase.shrink] if shrink else [])
+def fuzz(examples: int):
+    """Settings of every property here: reproducible, no database, no per-example deadline."""
+    phases = [Phase.explicit, Phase.reuse, Phase.generate, Phase.shrink]
     return settings(max_examples=examples, deadline=None, derandomize=True, database=None,
                     phases=phases,
                     suppress_health_check=[HealthCheck.function_scoped_fixture,
@@ -304,10 +300,7 @@ _OVERRIDE = st.one_of(
     _SCALAR_TEXT)
 
 
-@pytest.mark.xfail(strict=True, reason="config.parse_value leaks ValueError (YAML timestamps "
-                   "such as 2020-02-30, !!float x, !!int x), AttributeError (!!timestamp x) and "
-                   "RecursionError (deep nesting) (reported to the lead)")
-@fuzz(200, shrink=False)
+@fuzz(200)
 @given(base=st.sampled_from([{}, {"teacher": {"model": "mlp:784-10"}}, {"data": 1}]),
        overrides=st.lists(_OVERRIDE, max_size=4))
 def test_overrides_then_validate(base, overrides):
@@ -323,10 +316,7 @@ _YAML_LINE = st.tuples(st.integers(0, 6).map(lambda n: " " * n),
                        st.one_of(st.sampled_from(_YAML_VALUES), _SCALAR_TEXT)).map(_join)
 
 
-@pytest.mark.xfail(strict=True, reason="config._read_yaml leaks ValueError / AttributeError "
-                   "from YAML scalars it cannot construct (e.g. 'seed: 2020-02-30', "
-                   "'!!timestamp x') (reported to the lead)")
-@fuzz(200, shrink=False)
+@fuzz(200)
 @given(st.one_of(st.text(max_size=80),
                  st.tuples(st.sampled_from(_CONFIG_KEYS), st.sampled_from(_YAML_VALUES)).map(
                      lambda kv: f"{kv[0]}: {kv[1]}"),
@@ -354,14 +344,10 @@ def test_read_yaml_deep_nesting_is_a_config_error(text):
             config._read_yaml(text, "deep.yaml")
 
 
-@pytest.mark.xfail(strict=True, reason="config.parse_value: RecursionError on a deeply "
-                   "nested value (reported to the lead)")
 def test_override_deep_nesting_is_a_config_error():
     outcome(ConfigError, config.apply_overrides, {}, ["seed=" + "[" * 10_000])
 
 
-@pytest.mark.xfail(strict=True, reason="config.parse_value: ValueError / AttributeError for "
-                   "YAML scalars it cannot construct (reported to the lead)")
 @pytest.mark.parametrize("override", ["data.name=2020-02-30", "seed=!!float x", "seed=!!int x",
                                       "seed=!!timestamp x"])
 def test_override_unconstructible_yaml_is_a_config_error(override):
@@ -370,16 +356,11 @@ def test_override_unconstructible_yaml_is_a_config_error(override):
         outcome(ConfigError, config.validate, data)
 
 
-@pytest.mark.xfail(strict=True, reason="config._read_yaml: ValueError / AttributeError for "
-                   "YAML scalars it cannot construct (reported to the lead)")
 @pytest.mark.parametrize("text", ["seed: 2020-02-30", "seed: !!float x", "seed: !!timestamp x"])
 def test_read_yaml_unconstructible_scalar_is_a_config_error(text):
     outcome(ConfigError, config._read_yaml, text, "test.yaml")
 
 
-@pytest.mark.xfail(strict=True, reason="config._describe puts repr(input) in the message: a "
-                   "YAML alias bomb gives a message of megabytes (depth 9: minutes and GBs) "
-                   "(reported to the lead)")
 def test_validation_message_of_an_alias_bomb_is_bounded():
     value = "[&a [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]" + "".join(
         f", &{c} [{', '.join(['*' + p] * 10)}]" for p, c in zip("abcde", "bcdef")) + ", *f]"

@@ -5,6 +5,7 @@ Every key is checked: an unknown key or a bad value is a :class:`ConfigError` na
 from __future__ import annotations
 
 import copy
+import reprlib
 import sys
 from importlib import resources
 from pathlib import Path
@@ -227,6 +228,9 @@ def _read_yaml(text: str, origin: str) -> dict[str, Any]:
         raise ConfigError(f"{origin} is not valid YAML{at}", "fix the syntax") from None
     except RecursionError:
         raise ConfigError(f"{origin} nests too deeply", "a config is a few levels of keys") from None
+    except (ValueError, TypeError, AttributeError) as exc:  # a tag or date YAML cannot build
+        raise ConfigError(f"{origin} holds a value YAML cannot read: {exc}",
+                          "fix the value") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -269,8 +273,8 @@ def parse_value(text: str) -> Any:
     """A command-line value: YAML scalars and lists (``true``, ``0.5``, ``[1, 2]``), else a string."""
     try:
         value = yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
+    except (yaml.YAMLError, ValueError, TypeError, AttributeError, RecursionError):
+        return text  # YAML constructors raise plain errors too (`!!int x`, 2020-02-30)
     if isinstance(value, str):
         try:
             return float(value)  # YAML 1.1 leaves "1e-3" as a string
@@ -320,6 +324,13 @@ def _key_hint(key: str, rest: str) -> str:
     return f"did you mean {match!r}? {rest}" if match else rest
 
 
+def _short(value: Any) -> str:
+    """``repr(value)`` bounded in depth and length (a YAML alias bomb expands to millions)."""
+    brief = reprlib.Repr()
+    brief.maxlevel, brief.maxstring, brief.maxother = 3, 60, 60
+    return brief.repr(value)
+
+
 def _describe(exc: ValidationError) -> ConfigError:
     errors = exc.errors()
     err = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])  # typos first
@@ -335,7 +346,7 @@ def _describe(exc: ValidationError) -> ConfigError:
         error = err["ctx"]["error"]
         return ConfigError(f"config key {key!r}: {error}{more}",
                            getattr(error, "hint", "fix the value"))
-    return ConfigError(f"config key {key!r}: {err['msg'].lower()}, got {err.get('input')!r}{more}",
+    return ConfigError(f"config key {key!r}: {err['msg'].lower()}, got {_short(err.get('input'))}{more}",
                        "fix the value")
 
 
