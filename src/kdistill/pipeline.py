@@ -13,7 +13,7 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
 from torch import nn
@@ -21,7 +21,7 @@ from torch import nn
 from . import __version__, distributed
 from .bench import deployment_bench
 from .checkpoint import load_teacher_weights
-from .config import RunConfig, from_dict, load_config, to_yaml
+from .config import DEFAULT_PRESET, RunConfig, canonical_preset, from_dict, load_config, to_yaml
 from .data import Dataset, load_dataset, normalize
 from .data.batches import Images, per_channel, split
 from .device import describe, resolve_device
@@ -52,8 +52,8 @@ def resolve_config(config: RunConfig | str | Path | dict | None,
         data = config.model_dump() if isinstance(config, RunConfig) else config
         return from_dict(data, overrides), "custom"
     if config is None or (isinstance(config, str) and not str(config).endswith((".yaml", ".yml"))):
-        name = config or "seed"
-        return load_config(preset=name, overrides=overrides), name
+        name = canonical_preset(config or DEFAULT_PRESET)
+        return load_config(preset=config, overrides=overrides), name
     return load_config(path=config, overrides=overrides), Path(config).stem
 
 
@@ -179,7 +179,7 @@ def run(config: RunConfig | str | Path | dict | None = None, out: str | Path | N
         resume: str | Path | None = None, tensorboard: bool = False,
         retrain_teacher: bool = False, data: Dataset | None = None,
         trust_code: bool = False) -> Run:
-    """Run the whole experiment; ``config`` is a preset name (default ``seed``), YAML path,
+    """Run the whole experiment; ``config`` is a preset name (default ``mnist-spec``), YAML path,
     dict or :class:`RunConfig`, and ``overrides`` are ``key=value`` strings. ``data`` is a
     :class:`~kdistill.data.Dataset` of your own (e.g. ``Dataset.from_arrays``) used instead of
     ``data.name`` (give it again to resume such a run). ``resume`` names
@@ -218,7 +218,7 @@ def run(config: RunConfig | str | Path | dict | None = None, out: str | Path | N
     for model in models.values():
         model.to(device)
     if resume is None:
-        out_dir = _on_main(lambda: prepare_out_dir(out, name))
+        out_dir = distributed.on_main(lambda: prepare_out_dir(out, name))
         metrics = {"name": name, "kdistill_version": __version__}
     with locked(out_dir) if distributed.is_main() else contextlib.nullcontext():
         result = _execute(Experiment(cfg, out_dir, metrics, dataset, (train, val, test), models,
@@ -243,20 +243,6 @@ def _check(cfg: RunConfig, world: int, device: torch.device) -> None:
             raise ConfigError(f"config key '{role}.micro_batches': {spec.micro_batches} is more "
                               f"than the {spec.batch_size // world} examples of each process's batch",
                               "use fewer micro-batches or a larger batch_size")
-
-
-def _on_main(fn: Callable[[], object]):
-    """``fn()`` on rank 0, its result (or its user error) on every rank."""
-    outcome: object = None
-    if distributed.is_main():
-        try:
-            outcome = fn()
-        except KdistillError as exc:
-            outcome = exc
-    outcome = distributed.broadcast(outcome)
-    if isinstance(outcome, KdistillError):
-        raise outcome
-    return outcome
 
 
 def record_bench(metrics: dict, cfg: RunConfig, models: dict[str, nn.Module], test: Images,

@@ -228,7 +228,8 @@ def render(metrics: dict, plots: dict[str, str] | None = None) -> str:
     plots = plots or {}
     cfg, env = metrics["config"], metrics["env"]
     models = metrics["models"]
-    out = [f"# kdistill report: {md_text(metrics.get('name', 'run'))}", ""]
+    out = [f"# kdistill report: {md_text(metrics.get('name', 'run'))}, objective "
+           f"{md_text(cfg['distill']['loss'])}", ""]  # the preset and what it distilled with
     if md_text(cfg.get("description") or ""):
         out += [f"_{md_text(cfg['description'])}_", ""]
     status = metrics.get("status", "complete")
