@@ -1,11 +1,10 @@
 """Whole training steps recorded once as a CUDA graph and replayed.
 
 The networks kdistill trains are so small that an eager GPU step is bound by Python and kernel
-launches, not arithmetic: 1.0–1.7 ms an eager step on an H200 machine, 0.1–0.2 ms replayed
-(benchmarks/results/gpu-h200/). A CUDA graph launches a whole step (forward, backward, optimizer
-update) at once. This follows PyTorch's
-whole-network capture recipe (docs: "CUDA Graphs", notes/cuda): warm up on a side stream,
-capture with static inputs, then copy each batch into them and replay.
+launches, not arithmetic; a CUDA graph launches a whole step (forward, backward, optimizer
+update) at once (timings: benchmarks/results/gpu-h200/). This follows PyTorch's whole-network
+capture recipe (docs: "CUDA Graphs", notes/cuda): warm up on a side stream, capture with static
+inputs, then copy each batch into them and replay.
 """
 from __future__ import annotations
 

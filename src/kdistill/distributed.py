@@ -3,10 +3,12 @@ CUDA. Outside torchrun (no ``WORLD_SIZE``) everything here is a no-op for a sing
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
+
+from .errors import KdistillError
 
 
 def init_from_env() -> bool:
@@ -43,6 +45,21 @@ def broadcast(obj: Any) -> Any:
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def on_main(fn: Callable[[], Any]) -> Any:
+    """``fn()`` on rank 0, its result (or its user error) on every rank (torchrun); just
+    ``fn()`` in a single process."""
+    outcome: Any = None
+    if is_main():
+        try:
+            outcome = fn()
+        except KdistillError as exc:
+            outcome = exc
+    outcome = broadcast(outcome)
+    if isinstance(outcome, KdistillError):
+        raise outcome
+    return outcome
 
 
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:

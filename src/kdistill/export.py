@@ -78,9 +78,8 @@ def ort_session(path: str | Path, threads: int | None = None) -> ort.InferenceSe
 
 def ort_call(session: ort.InferenceSession) -> Callable[[np.ndarray], np.ndarray]:
     """``session``'s logits for a batch of images, called as a server would: the output named
-    and one ``RunOptions`` object passed to every call: about 1.4 µs less a call than
-    ``run(None, ...)``, a seventh of the spec's student's batch-1 call (the README's deployment
-    section has the command)."""
+    and one ``RunOptions`` object reused for every call: less overhead a call than
+    ``run(None, ...)``, which shows in a small student's batch-1 latency."""
     import onnxruntime as ort
 
     options = ort.RunOptions()

@@ -24,7 +24,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Callable, Sequence
 
-import numpy as np
 import torch
 
 from .checkpoint import load_weights, save_weights
@@ -38,6 +37,7 @@ from .files import atomic_write_bytes, atomic_write_json, atomic_write_text
 from .models import create_model
 from .pipeline import environment
 from .plots import png_bytes, temperature_figure
+from .stats import mean_std
 from .suggest import hint
 
 Progress = Callable[[str], None] | None
@@ -202,10 +202,6 @@ def choose_offset(logits: torch.Tensor, labels: torch.Tensor, classes: list[int]
     counts = (~torch.where(wins_in, right_if_in, right_if_out)).sum(1).cpu()
     best = OFFSETS[counts == counts.min()]
     return round(float(best[(len(best) - 1) // 2]), 2)
-
-
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
 
 
 # ---------------------------------------------------------------- one seed
@@ -392,7 +388,7 @@ def summarise(per_seed: list[dict], recipe: Recipe, test_threes: int) -> list[di
         if model not in per_seed[0]:
             continue  # a row this recipe leaves out (student_translate=0)
         values = [m[model][field] for m in per_seed]
-        mean, std = _mean_std(values)
+        mean, std = mean_std(values, single=0.0)
         seconds = round(sum(m[model]["seconds"] for m in per_seed), 1) if first else None
         rows.append({"key": key, "experiment": label.format(threes=test_threes), "unit": unit,
                      "paper": PAPER[key], "values": values, "mean": mean, "std": std,
@@ -407,9 +403,10 @@ def temperature_study(per_seed: list[dict], recipe: Recipe) -> dict:
                                  ("784-30-30-10", "small", {*recipe.small_temperatures})):
         points = {}
         for t in sorted(temps):
-            points[f"{t:g}"] = dict(zip(("mean", "std"), _mean_std(
-                [m[f"{prefix}-T{t:g}"]["errors"] for m in per_seed])))
-        reference = dict(zip(("mean", "std"), _mean_std([m[prefix]["errors"] for m in per_seed])))
+            points[f"{t:g}"] = dict(zip(("mean", "std"), mean_std(
+                [m[f"{prefix}-T{t:g}"]["errors"] for m in per_seed], single=0.0)))
+        reference = dict(zip(("mean", "std"), mean_std(
+            [m[prefix]["errors"] for m in per_seed], single=0.0)))
         best = min(points, key=lambda t: points[t]["mean"]) if points else None
         study[label] = {"distilled": points, "labels_only": reference, "best_temperature": best}
     return study
