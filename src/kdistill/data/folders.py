@@ -292,6 +292,25 @@ def _decode(path: Path, channels: int, size_hw: tuple[int, int]) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------ reader
+def _shape_from_headers(images: list[_Image], size: tuple[int, int] | None,
+                        channels: int | None) -> tuple[tuple[int, int], int]:
+    """(H, W) and channels from the image headers alone (sizes and modes, nothing decoded):
+    the common size unless ``size`` is given, grey only when every image is."""
+    headers = [_header(im.path) for im in images]
+    if size is None:
+        first_wh = headers[0][0]
+        for im, (wh, _) in zip(images, headers):
+            if wh != first_wh:
+                raise DataError(
+                    f"images differ in size: {images[0].path} is {first_wh[0]}x{first_wh[1]} but "
+                    f"{im.path} is {wh[0]}x{wh[1]} (width x height)",
+                    "pass image_size to resize them all to one size")
+        size = (first_wh[1], first_wh[0])
+    if channels is None:
+        channels = 1 if all(mode in GREY_MODES for _, mode in headers) else 3
+    return size, channels
+
+
 def read_image_folder(path: str | Path, *, image_size: int | tuple[int, int] | None = None,
                       channels: int | None = None, cache_dir: str | Path | None = None,
                       max_bytes: int | None = None) -> dict:
@@ -320,19 +339,7 @@ def read_image_folder(path: str | Path, *, image_size: int | tuple[int, int] | N
     if cached is not None:
         return cached
 
-    # Headers only: sizes and modes, then the memory check, before decoding anything.
-    headers = [_header(im.path) for im in images]
-    if size is None:
-        first_wh = headers[0][0]
-        for im, (wh, _) in zip(images, headers):
-            if wh != first_wh:
-                raise DataError(
-                    f"images differ in size: {images[0].path} is {first_wh[0]}x{first_wh[1]} but "
-                    f"{im.path} is {wh[0]}x{wh[1]} (width x height)",
-                    "pass image_size to resize them all to one size")
-        size = (first_wh[1], first_wh[0])
-    if channels is None:
-        channels = 1 if all(mode in GREY_MODES for _, mode in headers) else 3
+    size, channels = _shape_from_headers(images, size, channels)
     counts = {split: sum(im.split == split for im in images) for split in SPLITS}
     n = len(images)
     need = n * channels * size[0] * size[1] + 8 * n

@@ -233,17 +233,8 @@ def _check_classes(path: Path, shape: tuple[int, ...], dtype: np.dtype) -> None:
 
 
 # ------------------------------------------------------------------------------ reader
-def read_npz(path: str | Path, *, max_bytes: int | None = None) -> dict:
-    """Read a dataset saved as an ``.npz`` (see the module docstring for keys and layouts).
-
-    Returns ``{"train_images", "train_labels", "test_images", "test_labels"[, "val_images",
-    "val_labels"], "classes"}`` with uint8 ``[N, C, H, W]`` images, int64 labels and a tuple of
-    class names. ``max_bytes`` caps the memory the arrays may take (default: half the available
-    RAM); the check uses the array headers, before any data is read.
-    """
-    path = Path(path)
-    with _open_zip(path) as zf:
-        headers = _headers(zf, path)
+def _check_headers(path: Path, headers: dict, max_bytes: int | None) -> list[str]:
+    """Everything the array headers can tell, before any data is read; the image keys."""
     present = sorted(headers)
     for key in ("x_train", "y_train", "x_test", "y_test"):
         if key not in headers:
@@ -253,7 +244,6 @@ def read_npz(path: str | Path, *, max_bytes: int | None = None) -> dict:
         have, lack = ("x_val", "y_val") if "x_val" in headers else ("y_val", "x_val")
         raise DataError(f"{path} has {have} but no {lack}", "give both or neither")
     image_keys = [k for k in _IMAGE_KEYS if k in headers]
-    # Everything the headers can tell, before reading any data.
     for key in image_keys:
         shape, dtype, _ = headers[key]
         if shape is not None and dtype is not None:
@@ -267,7 +257,11 @@ def read_npz(path: str | Path, *, max_bytes: int | None = None) -> dict:
     need = sum(_result_bytes(k, *headers[k]) for k in loaded)
     check_memory(need, max_bytes, f"{path}",
                  "use a smaller dataset or a machine with more memory, or pass a larger max_bytes")
+    return image_keys
 
+
+def _load(path: Path, wanted: list[str]) -> dict[str, np.ndarray]:
+    """The arrays ``wanted`` of the npz at ``path`` (allow_pickle=False), errors as one line."""
     arrays: dict[str, np.ndarray] = {}
     try:
         npz = np.load(path, allow_pickle=False)
@@ -277,9 +271,6 @@ def read_npz(path: str | Path, *, max_bytes: int | None = None) -> dict:
         raise DataError(f"{path} is not an .npz file (numpy reads it as a single array)",
                         _SAVE_HINT)
     with npz:
-        wanted = list(loaded)
-        if "classes" in headers:
-            wanted.append("classes")
         for key in wanted:
             try:
                 arrays[key] = npz[key]
@@ -292,8 +283,12 @@ def read_npz(path: str | Path, *, max_bytes: int | None = None) -> dict:
             except Exception as exc:  # OSError, BadZipFile, zlib.error… from a corrupt member
                 raise DataError(f"cannot read {key} from {path}: {_one_line(exc)}",
                                 "the file is truncated or corrupt: save it again") from None
+    return arrays
 
-    # The same checks on the loaded arrays (headers of unknown versions were skipped).
+
+def _splits(path: Path, arrays: dict[str, np.ndarray], image_keys: list[str]) -> dict:
+    """The same checks on the loaded arrays (headers of unknown versions were skipped); each
+    split's images as contiguous NCHW and its labels."""
     out: dict = {}
     shapes: dict[str, tuple[int, ...]] = {}
     for key in image_keys:
@@ -313,30 +308,52 @@ def read_npz(path: str | Path, *, max_bytes: int | None = None) -> dict:
             raise DataError(f"{path}: {key} images are {list(shapes[key])} (C, H, W) but x_train "
                             f"images are {list(shapes['x_train'])}",
                             "every split needs the same image size and channels")
+    return out
+
+
+def _classes(path: Path, names: np.ndarray | None, out: dict, image_keys: list[str]) -> tuple:
+    """The class names (given, or "0".."K-1"), checked against the largest label."""
     top = max(int(out[f"{_SPLITS[k]}_labels"].max()) for k in image_keys)
-    if "classes" in arrays:
-        names = arrays["classes"]
-        _check_classes(path, names.shape, names.dtype)
-        if names.dtype.kind == "S":
-            try:
-                classes = tuple(n.decode("utf-8") for n in names.tolist())
-            except UnicodeDecodeError:
-                raise DataError(f"{path}: classes are not UTF-8 text",
-                                "save names as np.array(names, dtype=str)") from None
-        else:
-            classes = tuple(str(n) for n in names.tolist())
-        if len(set(classes)) != len(classes):
-            raise DataError(f"{path}: classes has duplicate names", "give each class one name")
-        if top >= len(classes):
-            key = next(_LABEL_KEYS[k] for k in image_keys
-                       if int(out[f"{_SPLITS[k]}_labels"].max()) == top)
-            raise DataError(f"{path}: {key} has label {top}, out of range for {len(classes)} "
-                            "classes", "labels are indices into classes (0..K-1)")
-    else:
+    if names is None:
         if top + 1 > MAX_CLASSES:
             raise DataError(f"{path}: the largest label is {top}, more than {MAX_CLASSES} "
                             "classes", "labels must be class indices 0..K-1")
-        classes = tuple(str(i) for i in range(top + 1))
+        return tuple(str(i) for i in range(top + 1))
+    _check_classes(path, names.shape, names.dtype)
+    if names.dtype.kind == "S":
+        try:
+            classes = tuple(n.decode("utf-8") for n in names.tolist())
+        except UnicodeDecodeError:
+            raise DataError(f"{path}: classes are not UTF-8 text",
+                            "save names as np.array(names, dtype=str)") from None
+    else:
+        classes = tuple(str(n) for n in names.tolist())
+    if len(set(classes)) != len(classes):
+        raise DataError(f"{path}: classes has duplicate names", "give each class one name")
+    if top >= len(classes):
+        key = next(_LABEL_KEYS[k] for k in image_keys
+                   if int(out[f"{_SPLITS[k]}_labels"].max()) == top)
+        raise DataError(f"{path}: {key} has label {top}, out of range for {len(classes)} "
+                        "classes", "labels are indices into classes (0..K-1)")
+    return classes
+
+
+def read_npz(path: str | Path, *, max_bytes: int | None = None) -> dict:
+    """Read a dataset saved as an ``.npz`` (see the module docstring for keys and layouts).
+
+    Returns ``{"train_images", "train_labels", "test_images", "test_labels"[, "val_images",
+    "val_labels"], "classes"}`` with uint8 ``[N, C, H, W]`` images, int64 labels and a tuple of
+    class names. ``max_bytes`` caps the memory the arrays may take (default: half the available
+    RAM); the check uses the array headers, before any data is read.
+    """
+    path = Path(path)
+    with _open_zip(path) as zf:
+        headers = _headers(zf, path)
+    image_keys = _check_headers(path, headers, max_bytes)
+    wanted = image_keys + [_LABEL_KEYS[k] for k in image_keys]
+    arrays = _load(path, wanted + (["classes"] if "classes" in headers else []))
+    out = _splits(path, arrays, image_keys)
+    classes = _classes(path, arrays.get("classes"), out, image_keys)
     for key in image_keys:
         split = _SPLITS[key]
         out[f"{split}_labels"] = out[f"{split}_labels"].astype(np.int64)
