@@ -180,3 +180,27 @@ def test_cifar_preset_runs_end_to_end_on_a_tiny_cifar_shaped_set(cifar_npz, tmp_
         entry = metrics["models"][role]
         assert len(entry["history"]) == 2 and entry["best_test_epoch"] in (1, 2)
     assert "Best test-epoch accuracy, selected on the test set" in (out / "report.md").read_text()
+
+
+def test_channels_last_trains_the_same_model(cifar_npz, tmp_path):
+    """channels_last changes the memory layout (and the convolution kernels), not the result:
+    the same run in both layouts ends within float rounding, and its weights load either way."""
+    import kdistill
+
+    runs = []
+    for layout in ("false", "true"):
+        runs.append(kdistill.run("mnist-spec", out=tmp_path / f"cl-{layout}", quiet=True, overrides=[
+            f"data.name={cifar_npz}", "teacher.model=resnet8", "teacher.epochs=1",
+            "student.model=resnet8", "student.epochs=1", "control=false", "bench.enabled=false",
+            "teacher.optimizer=sgd", "student.optimizer=sgd",  # Adam would magnify the
+            "teacher.lr=0.01", "student.lr=0.01",              # rounding in tiny gradients
+            f"channels_last={layout}"]))
+    conv = [run.models["student"].conv1.weight for run in runs]
+    assert not conv[0].is_contiguous(memory_format=torch.channels_last)
+    assert conv[1].is_contiguous(memory_format=torch.channels_last)
+    weights = [read_weights(run.out_dir / "student.safetensors")[0] for run in runs]
+    for key, value in weights[0].items():
+        if value.is_floating_point():
+            assert torch.allclose(value, weights[1][key], atol=1e-4), key
+    accuracies = [run.metrics["models"]["student"]["test_accuracy"] for run in runs]
+    assert abs(accuracies[0] - accuracies[1]) <= 1 / 32  # at most one of 32 test images

@@ -188,6 +188,8 @@ class RunConfig(_Strict):
     compile: bool = Field(False, description="run the student through torch.compile while training")
     cuda_graphs: bool = Field(True, description="on CUDA, record each training step as a CUDA graph "
                                                 "and replay it (far fewer kernel launches)")
+    channels_last: bool = Field(False, description="hold conv models in channels-last memory "
+                                "format (faster convolutions with oneDNN on CPU and on CUDA)")
     control: bool = Field(True, description="also train the student from scratch on labels only")
     eval_batch_size: int = Field(256, ge=1, description="batch size of evaluation and teacher logits")
     data: DataConfig = Field(default_factory=DataConfig)

@@ -170,7 +170,8 @@ class Experiment:
                 "data_sha256": self._data_sha256, "seed": seed, "precision": cfg.precision,
                 "compile": cfg.compile, "device": self.train.device.type,
                 "processes": distributed.world_size(),
-                **({"cuda_graphs": cfg.cuda_graphs} if self.train.device.type == "cuda" else {})}
+                **({"cuda_graphs": cfg.cuda_graphs} if self.train.device.type == "cuda" else {}),
+                **({"channels_last": True} if cfg.channels_last else {})}  # old keys unchanged
 
     def _train_teacher(self, model: nn.Module) -> tuple[list[dict], dict]:
         """Train the teacher (each member of an ensemble), or take it from the teacher cache."""

@@ -216,7 +216,7 @@ def run(config: RunConfig | str | Path | dict | None = None, out: str | Path | N
     if cfg.teacher.weights:
         load_teacher_weights(cfg.teacher.weights, models["teacher"])
     for model in models.values():
-        model.to(device)
+        model.to(device, memory_format=torch.channels_last if cfg.channels_last else None)
     if resume is None:
         out_dir = distributed.on_main(lambda: prepare_out_dir(out, name))
         metrics = {"name": name, "kdistill_version": __version__}
