@@ -30,8 +30,8 @@ CONFIG_HELP = """config keys (key=value; `kdistill run --print-config` prints ev
   student.*  the student: model, kwargs, epochs, optimizer and schedule (its control: the same)
   distill.*  the objective: loss (`kdistill losses`), temperature, alpha, beta, warm-up
   bench.*    the deployment benchmark after training: on/off, ONNX and int8, repeats, batch sizes
-  top level  description, seed, threads, device, precision, compile, cuda_graphs, control,
-             eval_batch_size, checkpoint_every
+  top level  description, seed, threads, device, precision, compile, cuda_graphs,
+             channels_last, control, eval_batch_size, checkpoint_every
 
 """
 # Examples shown by each subcommand's --help.
