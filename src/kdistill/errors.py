@@ -31,3 +31,12 @@ class CheckpointError(KdistillError):
 
 class RunInterrupted(KdistillError):
     """The user stopped a run (Ctrl-C); its checkpoints are kept for ``--resume``."""
+
+
+def one_line(value: object, *, named: bool = False) -> str:
+    """``value`` (an exception or text) on one line, for an error message; ``named`` puts an
+    exception's type first. An exception with no text is its type's name."""
+    text = " ".join(str(value).split())
+    if isinstance(value, BaseException) and (named or not text):
+        return f"{type(value).__name__}: {text}" if text else type(value).__name__
+    return text

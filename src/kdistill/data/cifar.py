@@ -24,7 +24,7 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from ..errors import DataError
+from ..errors import DataError, one_line
 from ..files import _file_mode, atomic_write_bytes, atomic_write_json
 from . import sources
 
@@ -99,10 +99,6 @@ def _spec(name: str) -> CifarArchive:
                         f"choose one of: {', '.join(ARCHIVES)}") from None
 
 
-def _one_line(value: object) -> str:
-    return " ".join(str(value).split())
-
-
 def archive_path(name: str, root: str | Path | None = None) -> Path:
     """Where the archive of ``name`` lives: ``root/<name>/<filename>``."""
     return Path(root if root is not None else sources.default_root()) / name / _spec(name).filename
@@ -121,7 +117,7 @@ def _verify_placed(spec: CifarArchive, path: Path) -> None:
     try:
         actual = _sha256_file(path)
     except OSError as exc:
-        raise DataError(f"cannot read {path}: {_one_line(exc.strerror or exc)}",
+        raise DataError(f"cannot read {path}: {one_line(exc.strerror or exc)}",
                         "check that it is a readable file") from None
     if actual != spec.sha256:  # kept: a file the user placed is never deleted for them
         raise DataError(f"{path} has sha256 {actual}, not the official {spec.filename} "
@@ -184,7 +180,7 @@ def fetch_archive(name: str, root: str | Path | None = None, *,
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise DataError(f"cannot create data directory {directory}: {_one_line(exc.strerror)}",
+        raise DataError(f"cannot create data directory {directory}: {one_line(exc.strerror)}",
                         "pass a writable --data-root or set KDISTILL_DATA") from None
     try:
         _download(spec, path)
@@ -195,7 +191,7 @@ def fetch_archive(name: str, root: str | Path | None = None, *,
     else:
         _write_source(spec, directory, "download")
         return path
-    raise DataError(f"cannot download {spec.filename} from {spec.url} ({_one_line(reason)}); "
+    raise DataError(f"cannot download {spec.filename} from {spec.url} ({one_line(reason)}); "
                     f"{by_hand}")
 
 
@@ -222,7 +218,7 @@ def _unpickle(raw: bytes, what: str) -> object:
     except DataError:
         raise
     except Exception as exc:  # malformed pickle streams raise many types
-        raise _foreign(f"cannot unpickle CIFAR member {what}: {_one_line(exc)}") from None
+        raise _foreign(f"cannot unpickle CIFAR member {what}: {one_line(exc)}") from None
 
 
 def _check_member(member: tarfile.TarInfo, archive: Path) -> None:
@@ -250,7 +246,7 @@ def _read_members(path: Path, spec: CifarArchive) -> dict[str, object]:
                 handle = tar.extractfile(member)
                 found[short] = _unpickle(handle.read() if handle else b"", member.name)
     except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
-        raise _foreign(f"{path} is not a readable gzipped tar archive: {_one_line(exc)}") from None
+        raise _foreign(f"{path} is not a readable gzipped tar archive: {one_line(exc)}") from None
     missing = [name for name, short in wanted.items() if short not in found]
     if missing:
         raise _foreign(f"{path.name} lacks {', '.join(missing)}")
@@ -349,7 +345,7 @@ def _write_cache(directory: Path, spec: CifarArchive, decoded: dict) -> None:
             "classes": list(decoded["classes"]), "coarse_classes": list(decoded["coarse_classes"]),
             "files": files})
     except OSError as exc:
-        warnings.warn(f"could not cache decoded {spec.name} in {directory}: {_one_line(exc)}",
+        warnings.warn(f"could not cache decoded {spec.name} in {directory}: {one_line(exc)}",
                       stacklevel=3)
 
 

@@ -45,7 +45,7 @@ import numpy as np
 import PIL
 from PIL import Image
 
-from ..errors import DataError
+from ..errors import DataError, one_line
 from . import sources
 from .npz import check_memory, estimate_bytes
 
@@ -64,11 +64,6 @@ class _Image:
     rel: str  # relative to the dataset folder, with "/"
     label: int
     split: str
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def _is_image(entry: os.DirEntry) -> bool:
@@ -254,8 +249,8 @@ def _open(path: Path) -> Image.Image:
 def _image_error(path: Path, exc: BaseException) -> DataError:
     if isinstance(exc, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
         return DataError(f"{path} is too large to decode safely (decompression bomb check: "
-                         f"{_one_line(exc)})", "remove the file or shrink the image")
-    return DataError(f"cannot read image {path}: {_one_line(exc)}",
+                         f"{one_line(exc, named=True)})", "remove the file or shrink the image")
+    return DataError(f"cannot read image {path}: {one_line(exc, named=True)}",
                      "the file is corrupt, truncated or not an image: replace or remove it")
 
 
@@ -330,7 +325,7 @@ def read_image_folder(path: str | Path, *, image_size: int | tuple[int, int] | N
     try:
         root = Path(path).expanduser().resolve()
     except (OSError, RuntimeError) as exc:
-        raise DataError(f"cannot resolve {path}: {_one_line(exc)}", "check the path") from None
+        raise DataError(f"cannot resolve {path}: {one_line(exc, named=True)}", "check the path") from None
     classes, images = _scan(root)
 
     cache_root = Path(cache_dir) if cache_dir is not None else sources.default_root() / "folders"

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import DataError
+from ..errors import DataError, one_line
 from .arrays import as_nchw
 
 MEMORY_FRACTION = 0.5  # the default in-memory limit: this share of the available RAM
@@ -111,7 +111,7 @@ def _open_zip(path: Path) -> zipfile.ZipFile:
     except zipfile.BadZipFile:
         raise DataError(f"{path} is not an .npz file (not a zip archive)", _SAVE_HINT) from None
     except (OSError, ValueError) as exc:
-        raise DataError(f"cannot read {path}: {_one_line(exc)}", "check the file") from None
+        raise DataError(f"cannot read {path}: {one_line(exc)}", "check the file") from None
 
 
 def _headers(zf: zipfile.ZipFile, path: Path) -> dict[str, tuple[tuple[int, ...] | None,
@@ -134,7 +134,7 @@ def _headers(zf: zipfile.ZipFile, path: Path) -> dict[str, tuple[tuple[int, ...]
                     shape, _, dtype = np.lib.format.read_array_header_2_0(f)
                 header_bytes = f.tell()
         except Exception as exc:  # BadZipFile, RuntimeError (encrypted), zlib.error, ValueError…
-            raise DataError(f"{path}: array {key} is not a valid .npy member: {_one_line(exc)}",
+            raise DataError(f"{path}: array {key} is not a valid .npy member: {one_line(exc)}",
                             _SAVE_HINT) from None
         if shape is not None and dtype is not None and not dtype.hasobject:
             _check_size(path, key, info, header_bytes, shape, dtype)
@@ -179,11 +179,6 @@ def estimate_bytes(path: str | Path) -> int:
 
 
 # ---------------------------------------------------------------------------- checks
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return text or type(exc).__name__
-
-
 def _check_images(path: Path, key: str, shape: tuple[int, ...], dtype: np.dtype) -> None:
     if dtype.hasobject:
         raise DataError(f"{path}: {key} is an object array, which is not read "
@@ -266,7 +261,7 @@ def _load(path: Path, wanted: list[str]) -> dict[str, np.ndarray]:
     try:
         npz = np.load(path, allow_pickle=False)
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
-        raise DataError(f"cannot read {path}: {_one_line(exc)}", _SAVE_HINT) from None
+        raise DataError(f"cannot read {path}: {one_line(exc)}", _SAVE_HINT) from None
     if not isinstance(npz, np.lib.npyio.NpzFile):  # a .npy with a zip appended, say
         raise DataError(f"{path} is not an .npz file (numpy reads it as a single array)",
                         _SAVE_HINT)
@@ -278,10 +273,10 @@ def _load(path: Path, wanted: list[str]) -> dict[str, np.ndarray]:
                 if "allow_pickle" in str(exc) or "bject arrays" in str(exc):
                     raise DataError(f"{path}: {key} is an object array, which is not read "
                                     "(allow_pickle=False)", "save plain numeric arrays") from None
-                raise DataError(f"cannot read {key} from {path}: {_one_line(exc)}",
+                raise DataError(f"cannot read {key} from {path}: {one_line(exc)}",
                                 _SAVE_HINT) from None
             except Exception as exc:  # OSError, BadZipFile, zlib.error… from a corrupt member
-                raise DataError(f"cannot read {key} from {path}: {_one_line(exc)}",
+                raise DataError(f"cannot read {key} from {path}: {one_line(exc)}",
                                 "the file is truncated or corrupt: save it again") from None
     return arrays
 
