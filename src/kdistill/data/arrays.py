@@ -5,6 +5,9 @@ arrays are put in that layout, checked, and converted to the channels and size a
 """
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -13,6 +16,7 @@ from ..errors import DataError
 
 CHANNELS = (1, 3)
 _RESIZE_CHUNK = 2048  # images resized at a time: bounds the float copy's memory
+MEMORY_FRACTION = 0.5  # the default in-memory limit: this share of the available RAM
 
 
 def as_nchw(images: np.ndarray, what: str) -> np.ndarray:
@@ -107,3 +111,59 @@ def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float,
     std = (squares / count - mean * mean).clamp_min(0).sqrt()
     std = torch.where(std > 0, std, torch.full_like(std, 255.0))  # a constant channel: scale 1
     return tuple(round(v / 255, 4) for v in mean.tolist()), tuple(round(v / 255, 4) for v in std.tolist())
+
+
+# ------------------------------------------------------------------------ memory limit
+def available_memory_bytes() -> int | None:
+    """RAM this process can still use: ``MemAvailable`` (capped by a cgroup v2 limit), else the
+    physical memory from ``sysconf``; ``None`` where neither can be read."""
+    available = None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    available = int(line.split()[1]) * 1024
+                    break
+    except (OSError, ValueError, IndexError):
+        pass
+    if available is None:
+        try:
+            available = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (AttributeError, ValueError, OSError):
+            return None
+    try:  # a container's own limit, when it is tighter than the host's free memory
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit != "max":
+            used = int(Path("/sys/fs/cgroup/memory.current").read_text().strip())
+            available = min(available, max(int(limit) - used, 0))
+    except (OSError, ValueError):
+        pass
+    return available
+
+
+def default_max_bytes() -> int | None:
+    """The default in-memory limit: :data:`MEMORY_FRACTION` of the available RAM (``None``: no
+    limit, where the available RAM cannot be read)."""
+    available = available_memory_bytes()
+    return None if available is None else int(available * MEMORY_FRACTION)
+
+
+def format_bytes(n: int) -> str:
+    value = float(n)
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{n} bytes" if unit == "bytes" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} TiB"  # pragma: no cover - the loop always returns
+
+
+def check_memory(need: int, max_bytes: int | None, what: str, hint: str) -> None:
+    """Refuse (one DataError line) when ``need`` bytes exceed ``max_bytes`` (``None``: the
+    default limit)."""
+    limit = default_max_bytes() if max_bytes is None else max_bytes
+    if limit is None or need <= limit:
+        return
+    how = (f"{MEMORY_FRACTION:.0%} of the available RAM" if max_bytes is None
+           else "max_bytes")
+    raise DataError(f"{what} needs {format_bytes(need)} in memory, over the in-memory limit of "
+                    f"{format_bytes(limit)} ({how})", hint)

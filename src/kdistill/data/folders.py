@@ -47,7 +47,8 @@ from PIL import Image
 
 from ..errors import DataError, one_line
 from . import sources
-from .npz import check_memory, estimate_bytes
+from .arrays import check_memory
+from .npz import estimate_bytes
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 SPLITS = ("train", "test", "val")

@@ -26,78 +26,20 @@ refused without loading it.
 from __future__ import annotations
 
 import math
-import os
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import DataError, one_line
-from .arrays import as_nchw
+from .arrays import as_nchw, check_memory
 
-MEMORY_FRACTION = 0.5  # the default in-memory limit: this share of the available RAM
 MAX_CLASSES = 100_000  # more than this many label values are not class indices
 _IMAGE_KEYS = ("x_train", "x_test", "x_val")
 _LABEL_KEYS = {"x_train": "y_train", "x_test": "y_test", "x_val": "y_val"}
 _SPLITS = {"x_train": "train", "x_test": "test", "x_val": "val"}
 _SAVE_HINT = "save it with np.savez(path, x_train=..., y_train=..., x_test=..., y_test=...)"
 _MAX_DEFLATE_RATIO = 1032  # deflate expands data by at most this factor
-
-
-# ------------------------------------------------------------------------ memory limit
-def available_memory_bytes() -> int | None:
-    """RAM this process can still use: ``MemAvailable`` (capped by a cgroup v2 limit), else the
-    physical memory from ``sysconf``; ``None`` where neither can be read."""
-    available = None
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    available = int(line.split()[1]) * 1024
-                    break
-    except (OSError, ValueError, IndexError):
-        pass
-    if available is None:
-        try:
-            available = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-        except (AttributeError, ValueError, OSError):
-            return None
-    try:  # a container's own limit, when it is tighter than the host's free memory
-        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
-        if limit != "max":
-            used = int(Path("/sys/fs/cgroup/memory.current").read_text().strip())
-            available = min(available, max(int(limit) - used, 0))
-    except (OSError, ValueError):
-        pass
-    return available
-
-
-def default_max_bytes() -> int | None:
-    """The default in-memory limit: :data:`MEMORY_FRACTION` of the available RAM (``None``: no
-    limit, where the available RAM cannot be read)."""
-    available = available_memory_bytes()
-    return None if available is None else int(available * MEMORY_FRACTION)
-
-
-def format_bytes(n: int) -> str:
-    value = float(n)
-    for unit in ("bytes", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{n} bytes" if unit == "bytes" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} TiB"  # pragma: no cover - the loop always returns
-
-
-def check_memory(need: int, max_bytes: int | None, what: str, hint: str) -> None:
-    """Refuse (one DataError line) when ``need`` bytes exceed ``max_bytes`` (``None``: the
-    default limit)."""
-    limit = default_max_bytes() if max_bytes is None else max_bytes
-    if limit is None or need <= limit:
-        return
-    how = (f"{MEMORY_FRACTION:.0%} of the available RAM" if max_bytes is None
-           else "max_bytes")
-    raise DataError(f"{what} needs {format_bytes(need)} in memory, over the in-memory limit of "
-                    f"{format_bytes(limit)} ({how})", hint)
 
 
 # ------------------------------------------------------------------------------ headers
