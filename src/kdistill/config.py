@@ -16,6 +16,7 @@ from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationEr
                       field_validator, model_validator)
 
 from .data.augment import Augment
+from .data.batches import per_channel
 from .errors import ConfigError
 from .suggest import closest, hint
 
@@ -32,18 +33,14 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-def _values(value: float | list[float] | None) -> list[float]:
-    return [] if value is None else [value] if isinstance(value, (int, float)) else list(value)
-
-
 def _one_per_channel(value: float | list[float] | None) -> float | list[float] | None:
-    if value is not None and not 1 <= len(_values(value)) <= 3:
+    if value is not None and not 1 <= len(per_channel(value)) <= 3:
         raise ValueError("give one value or one per channel")
     return value
 
 
 def _positive(value: float | list[float] | None) -> float | list[float] | None:
-    if any(v <= 0 for v in _values(value)):
+    if any(v <= 0 for v in (per_channel(value) if value is not None else ())):
         raise ValueError("std must be positive")
     return value
 
