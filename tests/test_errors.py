@@ -272,6 +272,8 @@ CASES = {
                        r"cannot write to output directory"),
     "out-holds-run": (lambda t, d: ["run", f"data.name={d}", *FAST, "--out", str(t / "earlier")],
                       r"already holds a run"),
+    "teacher-mean-channels": (lambda t, d: ["run", f"data.name={d}", *FAST, "teacher.mean=[0.1,0.2,0.3]"],
+                              r"'teacher.mean': 3 values for 1-channel images"),
     "val-too-large": (lambda t, d: ["run", f"data.name={d}", "data.val_size=100000"], r"'data.val_size'"),
     "resume-nothing": (lambda t, d: ["run", "--resume", str(t / "nowhere")],
                        r"is not a kdistill run directory \(no such directory\)"),

@@ -23,7 +23,7 @@ from .bench import deployment_bench
 from .checkpoint import load_teacher_weights
 from .config import DEFAULT_PRESET, RunConfig, canonical_preset, from_dict, load_config, to_yaml
 from .data import Dataset, load_dataset, normalize
-from .data.batches import Images, per_channel, split
+from .data.batches import Images, check_channels, per_channel, split
 from .device import describe, resolve_device
 from .errors import ConfigError, DataError, KdistillError, RunInterrupted
 from .files import atomic_write_text
@@ -207,6 +207,7 @@ def run(config: RunConfig | str | Path | dict | None = None, out: str | Path | N
         cfg.data.name = f"{PYTHON_DATA}{data.name}"
     dataset = load_data(cfg, data)
     train, val, test = (part.to(device) for part in splits_for(cfg, dataset))
+    check_channels("teacher", {"mean": cfg.teacher.mean, "std": cfg.teacher.std}, dataset.shape[0])
     roles = {"teacher": cfg.teacher, "student": cfg.student}
     if cfg.control:
         roles["control"] = cfg.student

@@ -86,6 +86,16 @@ class Images:
         return self.images.device
 
 
+def check_channels(section: str, norm: dict, channels: int) -> None:
+    """One value, or one per channel, for each of ``norm``'s ``mean`` / ``std`` (None: unset);
+    else one line naming ``section.key``."""
+    for key, values in norm.items():
+        count = 1 if values is None else len(per_channel(values))
+        if count not in (1, channels):
+            raise DataError(f"config key '{section}.{key}': {count} values for {channels}-channel "
+                            "images", "give one value or one per channel")
+
+
 def split(dataset, val_size: int = 0, mean: float | Sequence[float] | None = None,
           std: float | Sequence[float] | None = None) -> tuple[Images, Images, Images]:
     """Train / validation / test of a :class:`~kdistill.data.Dataset`, normalised lazily by
@@ -93,11 +103,7 @@ def split(dataset, val_size: int = 0, mean: float | Sequence[float] | None = Non
     it has one, else the last ``val_size`` training images (never trained on)."""
     norm = {"mean": dataset.mean if mean is None else mean,
             "std": dataset.std if std is None else std}
-    for key, values in norm.items():
-        count = len(per_channel(values))
-        if count not in (1, dataset.shape[0]):
-            raise DataError(f"config key 'data.{key}': {count} values for "
-                            f"{dataset.shape[0]}-channel images", "give one value or one per channel")
+    check_channels("data", norm, dataset.shape[0])
     test = Images(dataset.test_images, dataset.test_labels, **norm)
     if dataset.val_images is not None:
         return (Images(dataset.train_images, dataset.train_labels, **norm),
