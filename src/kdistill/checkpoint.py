@@ -11,6 +11,7 @@ import random
 import re
 import struct
 import warnings
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -206,6 +207,14 @@ def save_train_state(path: str | Path, model: nn.Module, optimizer: torch.optim.
     atomic_write_bytes(path, st_save(tensors, metadata={METADATA_KEY: json.dumps(meta)}))
 
 
+def _scheduler_state(saved: dict) -> dict:
+    """A scheduler's state as read back from JSON: MultiStepLR's milestones are a Counter of
+    step numbers, whose int keys JSON turned into strings (the decay would never come again)."""
+    if isinstance(saved.get("milestones"), dict):
+        return {**saved, "milestones": Counter({int(k): v for k, v in saved["milestones"].items()})}
+    return saved
+
+
 def load_train_state(path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer,
                      scheduler: torch.optim.lr_scheduler.LRScheduler,
                      generator: torch.Generator) -> tuple[int, list[dict]]:
@@ -228,7 +237,7 @@ def load_train_state(path: str | Path, model: nn.Module, optimizer: torch.optim.
     for index, entries in meta["optimizer"]["state"].items():
         state.setdefault(int(index), {}).update(entries)
     optimizer.load_state_dict({"state": state, "param_groups": meta["optimizer"]["param_groups"]})
-    scheduler.load_state_dict(meta["scheduler"])
+    scheduler.load_state_dict(_scheduler_state(meta["scheduler"]))
     torch.set_rng_state(tensors["rng/torch"])
     if "rng/cuda" in tensors and torch.cuda.is_available():
         torch.cuda.set_rng_state(tensors["rng/cuda"])
