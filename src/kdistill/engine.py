@@ -1,4 +1,5 @@
-"""The one training loop (cross-entropy and distillation alike) and evaluation.
+"""The one training loop (cross-entropy and distillation alike): :class:`Distiller` and
+:func:`fit`; prediction and evaluation live in :mod:`kdistill.evaluation`.
 
 Data never leaves memory: each step indexes a uint8 tensor with a seeded permutation and
 normalises the batch with tensor ops. A frozen teacher's logits on fixed inputs are computed
@@ -8,7 +9,7 @@ from __future__ import annotations
 
 import math
 import sys
-import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -16,14 +17,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import distributed
 from .callbacks import Callback, Checkpoint, EpochEnd, ProgressBar
 from .cuda_graph import GraphedStep
 from .data.augment import Augment
-from .data.batches import Images, batch_indices, rows
-from .device import autocast
-from .errors import KdistillError
+from .data.batches import Images, rows
+from .evaluation import (evaluate, predict_logits, predict_logits_shared,  # noqa: F401
+                         predict_views, tabulate_views)
 from .losses import bind_loss
+from .loop import NonFiniteLoss, Trainee, run_epoch, run_together  # noqa: F401
+from .models.fold import fold_batchnorm
 from .train_step import TrainStep, micro_slices  # noqa: F401 (micro_slices: kept importable here)
 
 
@@ -55,6 +57,8 @@ class Distiller(nn.Module):
         self.teacher = teacher if isinstance(teacher, nn.Module) else None
         if self.teacher is not None:
             self.teacher.requires_grad_(False)
+            if features is None:  # feature hooks need the teacher's own layers to run
+                self.teacher = fold_batchnorm(self.teacher)
         self.objective = bind_loss(loss, **loss_params) if teacher is not None else None
 
     def set_epoch(self, epoch: int, device: torch.device | str = "cpu") -> None:
@@ -91,15 +95,25 @@ class Distiller(nn.Module):
             table = self.teacher_logits
             teacher_logits = rows(table, index) if view is None else table[view, index]
         else:
-            with torch.no_grad():
-                teacher_x = x if self.teacher_inputs is None else self.teacher_inputs(x)
-                teacher_logits = self.teacher(teacher_x)
+            teacher_logits = self.live_teacher(x)
         terms = self.objective(logits, teacher_logits, y)
         if self.features is not None:
             terms.update(self.features())
         if self.warmup_epochs:
             terms = {k: v if k == "ce" else v * self.warmup for k, v in terms.items()}
         return logits, terms
+
+    def live_teacher(self, x: torch.Tensor) -> torch.Tensor:
+        """The frozen teacher's logits on the student's batch ``x`` (float32): under
+        inference_mode, no autograd bookkeeping, unless a feature objective must read its
+        activations (then no_grad, its hooks' outputs being ordinary tensors)."""
+        assert self.teacher is not None
+        mode = torch.no_grad() if self.features is not None else torch.inference_mode()
+        with mode:
+            teacher_x = x if self.teacher_inputs is None else self.teacher_inputs(x)
+            logits = self.teacher(teacher_x)
+        # an inference tensor cannot be saved for the student's backward: a normal copy
+        return logits.float() if self.features is not None else logits.float().clone()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.student(x)
@@ -130,8 +144,18 @@ def make_optimizer(name: str, params, lr: float, weight_decay: float, momentum: 
                            nesterov=nesterov and momentum > 0)
 
 
-class NonFiniteLoss(KdistillError):
-    """Training diverged (NaN or inf loss)."""
+@dataclass
+class Alongside:
+    """A second model that :func:`fit` trains in the same pass as the first, on the very same
+    batches: the control beside the distilled student. It keeps its own optimizer, schedule,
+    checkpoint and dropout stream, so it ends bitwise as if :func:`fit` had trained it after
+    the first with the same arguments; its epoch records go to ``history``."""
+
+    distiller: Distiller
+    desc: str = "control"
+    checkpoint: Path | None = None
+    callbacks: Sequence[Callback] = ()
+    history: list[dict] = field(default_factory=list)
 
 
 def fit(distiller: Distiller, train: Images, *, epochs: int, batch_size: int, lr: float,
@@ -143,7 +167,7 @@ def fit(distiller: Distiller, train: Images, *, epochs: int, batch_size: int, lr
         progress: bool | None = None, desc: str = "train", checkpoint: Path | None = None,
         checkpoint_every: int = 1, precision: str = "fp32", compile: bool = False,
         cuda_graphs: bool = True, micro_batches: int = 1,
-        callbacks: Sequence[Callback] = ()) -> list[dict]:
+        callbacks: Sequence[Callback] = (), alongside: Alongside | None = None) -> list[dict]:
     """Train ``distiller.student`` in place; return one record per epoch.
 
     Each record holds ``epoch``, ``train_loss`` (mean over steps), the mean of each loss term,
@@ -162,33 +186,43 @@ def fit(distiller: Distiller, train: Images, *, epochs: int, batch_size: int, lr
     ``batch_size``; rank 0 saves the checkpoints). On CUDA, ``cuda_graphs`` records the step as
     a CUDA graph and replays it (:class:`~kdistill.cuda_graph.GraphedStep`) where the step
     allows (:meth:`~kdistill.train_step.TrainStep.graphable`). Shifts are drawn for a whole
-    epoch at once (the same values as drawing per batch).
+    epoch at once (the same values as drawing per batch). ``alongside`` trains a second model
+    on the same batches in the same pass (:class:`Alongside`).
     """
     _check_teacher_table(distiller, augment)
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
-    opt = make_optimizer(optimizer, distiller.get_learnable_parameters(), lr, weight_decay,
-                         momentum, nesterov)
-    step = TrainStep(distiller, train, opt, generator, augment=augment, precision=precision,
-                     micro_batches=micro_batches, compile=compile)
     steps = math.ceil(len(train) / batch_size)
-    scheduler = make_scheduler(schedule, opt, epochs * steps, steps, milestones, gamma)
-    runner = GraphedStep(step, opt) if cuda_graphs and step.graphable(optimizer) else step
-    history: list[dict] = []
-    saver = None if checkpoint is None else Checkpoint(
-        checkpoint, checkpoint_every, epochs, distiller.trainable(), opt, scheduler, generator,
-        history)
-    done = saver.restore() if saver is not None else 0
+
+    def trainee(d: Distiller, name: str, path: Path | None, hooks: list[Callback],
+                history: list[dict]) -> Trainee:
+        opt = make_optimizer(optimizer, d.get_learnable_parameters(), lr, weight_decay,
+                             momentum, nesterov)
+        step = TrainStep(d, train, opt, generator, augment=augment, precision=precision,
+                         micro_batches=micro_batches, compile=compile)
+        scheduler = make_scheduler(schedule, opt, epochs * steps, steps, milestones, gamma)
+        saver = None if path is None else Checkpoint(
+            path, checkpoint_every, epochs, d.trainable(), opt, scheduler, generator, history)
+        return Trainee(step, scheduler, name, hooks, history, saver,
+                       scheduled=schedule != "constant")
+
     show = sys.stderr.isatty() if progress is None else progress
-    hooks = [ProgressBar(desc, epochs, steps, show),
-             *([EpochEnd(on_epoch_end)] if on_epoch_end is not None else []), *callbacks,
-             *([saver] if saver is not None else [])]
-    for epoch in range(done + 1, epochs + 1):
-        history.append(_train_epoch(step, runner, epoch, batch_size, scheduler, hooks, desc,
-                                    evaluate_on, schedule != "constant"))
-        for hook in hooks:
-            hook.on_epoch_end(history[-1])
-    return history
+    bar = desc if alongside is None else f"{desc}+{alongside.desc}"
+    lead = trainee(distiller, desc, checkpoint, [
+        ProgressBar(bar, epochs, steps, show),
+        *([EpochEnd(on_epoch_end)] if on_epoch_end is not None else []), *callbacks],
+        [])
+    if alongside is None:
+        done = lead.restore()
+        if cuda_graphs and lead.step.graphable(optimizer):
+            lead.runner = GraphedStep(lead.step, lead.step.optimizer)
+        for epoch in range(done + 1, epochs + 1):
+            run_epoch([lead], epoch, batch_size, evaluate_on)
+        return lead.history
+    other = trainee(alongside.distiller, alongside.desc, alongside.checkpoint,
+                    list(alongside.callbacks), alongside.history)
+    run_together([lead, other], epochs, batch_size, evaluate_on)
+    return lead.history
 
 
 def _check_teacher_table(distiller: Distiller, augment: Augment) -> None:
@@ -196,118 +230,3 @@ def _check_teacher_table(distiller: Distiller, augment: Augment) -> None:
     if table is not None and table.shape[:-2] != ((augment.views,) if augment.views else ()):
         raise ValueError(f"teacher logits of shape {tuple(table.shape)} do not match the "
                          f"augmentation {augment} (per-view logits need shifts alone)")
-
-
-def _train_epoch(step: TrainStep, runner: Callable[..., torch.Tensor], epoch: int,
-                 batch_size: int, scheduler: torch.optim.lr_scheduler.LRScheduler,
-                 hooks: Sequence[Callback], desc: str, evaluate_on: Images | None,
-                 scheduled: bool) -> dict:
-    """Run one epoch's steps (``runner`` runs ``step``, maybe as a CUDA graph); its record."""
-    distiller, train, generator = step.distiller, step.train, step.generator
-    distiller.train()
-    distiller.set_epoch(epoch, step.device)
-    start = time.perf_counter()
-    for hook in hooks:
-        hook.on_epoch_start(epoch)
-    indexes = list(batch_indices(len(train), batch_size, generator, device=step.device))
-    offsets = (step.augment.draw_shifts([len(i) for i in indexes], generator, step.device)
-               if step.augment.views is not None else [None] * len(indexes))
-    losses: list[torch.Tensor] = []  # per step, left on the device until the epoch ends
-    rank = distributed.rank()
-    for number, (index, shifts) in enumerate(zip(indexes, offsets), start=1):
-        if step.world > 1:
-            index = index.tensor_split(step.world)[rank]
-            shifts = shifts.tensor_split(step.world, dim=1)[rank] if shifts is not None else None
-        losses.append(runner(index) if shifts is None else runner(index, shifts))
-        if scheduled:
-            scheduler.step()
-        for hook in hooks:
-            hook.on_step_end(number, losses)
-    for hook in hooks:
-        hook.on_train_epoch_end(epoch)
-    return _epoch_record(epoch, torch.stack(losses), step.term_names, start, desc,
-                         evaluate_on, distiller.student)
-
-
-def _epoch_record(epoch: int, step_losses: torch.Tensor, term_names: list[str], start: float,
-                  desc: str, evaluate_on: Images | None, student: nn.Module) -> dict:
-    """The record of an epoch whose steps logged ``step_losses`` [steps, 1 + terms] (the loss,
-    then each term); a non-finite loss ends training."""
-    bad = (~torch.isfinite(step_losses[:, 0])).nonzero()
-    if len(bad):
-        step = int(bad[0]) + 1
-        raise NonFiniteLoss(f"{desc}: loss became {step_losses[step - 1, 0].item()} at epoch "
-                            f"{epoch}, step {step}", "lower the learning rate or check the data")
-    steps = len(step_losses)
-    means = [total / steps for total in step_losses.sum(0).tolist()]
-    record = {"epoch": epoch, "train_loss": means[0],
-              **{f"loss_{k}": v for k, v in zip(term_names, means[1:])},
-              "seconds": time.perf_counter() - start}
-    if evaluate_on is not None:
-        result = evaluate(student, evaluate_on)
-        record.update(test_accuracy=result["accuracy"], test_loss=result["loss"])
-    return record
-
-
-@torch.inference_mode()
-def predict_logits(model: nn.Module, data: Images, batch_size: int = 256,
-                   precision: str = "fp32") -> torch.Tensor:
-    """Logits (float32) of ``model`` in eval mode for every example of ``data``, in order;
-    ``precision`` as in :func:`fit` (the teacher's forward pass there)."""
-    was_training = model.training
-    model.eval()
-    with autocast(data.labels.device, precision):  # data: any object with Images' interface
-        out = torch.cat([model(data.inputs(slice(i, i + batch_size))).float()
-                         for i in range(0, len(data), batch_size)])
-    model.train(was_training)
-    return out
-
-
-def predict_logits_shared(model: nn.Module, data: Images, batch_size: int = 256,
-                          precision: str = "fp32") -> torch.Tensor:
-    """:func:`predict_logits` for all of ``data``, each rank computing its share (torchrun)."""
-    if distributed.world_size() == 1:
-        return predict_logits(model, data, batch_size, precision)
-    part = data.rank_slice()
-    mine = predict_logits(model, data.subset(part), batch_size, precision)
-    full = torch.zeros(len(data), *mine.shape[1:], dtype=mine.dtype, device=mine.device)
-    full[part] = mine
-    return distributed.all_reduce_sum(full)  # the other shares are zeros: the sum is exact
-
-
-def tabulate_views(augment: Augment, epochs: int) -> bool:
-    """Whether a table of teacher logits per shifted view (:func:`predict_views`) costs no more
-    teacher passes than running the teacher live on each of ``epochs`` epochs."""
-    return bool(augment.views) and augment.views <= epochs
-
-
-def predict_views(model: nn.Module, data: Images, augment: Augment, batch_size: int = 256,
-                  precision: str = "fp32") -> torch.Tensor:
-    """Logits [V, N, C] on each of the ``augment.views`` shifted views of every example (the
-    table :class:`Distiller` looks up per view), each rank computing its share (torchrun)."""
-    return torch.stack([
-        predict_logits_shared(model, Images(augment.view(data.images, v), data.labels, data.mean,
-                                            data.std), batch_size, precision)
-        for v in range(augment.views or 0)])
-
-
-def evaluate(model: nn.Module, data: Images, batch_size: int = 256,
-             num_classes: int | None = None) -> dict:
-    """Accuracy (fraction), mean cross-entropy, per-class accuracy and confusion matrix.
-
-    Under torchrun each rank evaluates its slice of ``data`` and the counts are summed.
-    """
-    mine = data if distributed.world_size() == 1 else data.subset(data.rank_slice())
-    logits = predict_logits(model, mine, batch_size)
-    k = num_classes or logits.shape[1]
-    confusion = torch.bincount(mine.labels * k + logits.argmax(1), minlength=k * k).reshape(k, k)
-    loss_sum = F.cross_entropy(logits, mine.labels, reduction="sum").reshape(1).double()
-    confusion = distributed.all_reduce_sum(confusion)
-    loss_sum = distributed.all_reduce_sum(loss_sum)
-    support = confusion.sum(1).clamp_min(1)
-    return {
-        "accuracy": confusion.diag().sum().item() / len(data),
-        "loss": loss_sum.item() / len(data),
-        "per_class_accuracy": (confusion.diag() / support).tolist(),
-        "confusion": confusion.tolist(),
-    }

@@ -95,7 +95,12 @@ class TrainStep:
 
     def __call__(self, index: torch.Tensor, shifts: torch.Tensor | None = None) -> torch.Tensor:
         x, view = self.inputs(index, shifts)
-        y = rows(self.train.labels, index)
+        return self.update(x, rows(self.train.labels, index), index, view)
+
+    def update(self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor,
+               view: torch.Tensor | None) -> torch.Tensor:
+        """The step on a batch already prepared by :meth:`inputs` (shared by two models trained
+        in one pass); its [loss, *terms]."""
         self.optimizer.zero_grad(set_to_none=True)
         logged: torch.Tensor | None = None
         parts = micro_slices(len(index), self.micro_batches)

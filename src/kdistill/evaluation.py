@@ -1,0 +1,77 @@
+"""Predictions and evaluation of a trained model on in-memory images: logits in order,
+per-view logit tables for the teacher, and accuracy, loss and confusion counts (each rank its
+share under torchrun)."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import distributed
+from .data.augment import Augment
+from .data.batches import Images
+from .device import autocast
+
+
+@torch.inference_mode()
+def predict_logits(model: nn.Module, data: Images, batch_size: int = 256,
+                   precision: str = "fp32") -> torch.Tensor:
+    """Logits (float32) of ``model`` in eval mode for every example of ``data``, in order;
+    ``precision`` as in :func:`~kdistill.engine.fit` (the teacher's forward pass there)."""
+    was_training = model.training
+    model.eval()
+    with autocast(data.labels.device, precision):  # data: any object with Images' interface
+        out = torch.cat([model(data.inputs(slice(i, i + batch_size))).float()
+                         for i in range(0, len(data), batch_size)])
+    model.train(was_training)
+    return out
+
+
+def predict_logits_shared(model: nn.Module, data: Images, batch_size: int = 256,
+                          precision: str = "fp32") -> torch.Tensor:
+    """:func:`predict_logits` for all of ``data``, each rank computing its share (torchrun)."""
+    if distributed.world_size() == 1:
+        return predict_logits(model, data, batch_size, precision)
+    part = data.rank_slice()
+    mine = predict_logits(model, data.subset(part), batch_size, precision)
+    full = torch.zeros(len(data), *mine.shape[1:], dtype=mine.dtype, device=mine.device)
+    full[part] = mine
+    return distributed.all_reduce_sum(full)  # the other shares are zeros: the sum is exact
+
+
+def tabulate_views(augment: Augment, epochs: int) -> bool:
+    """Whether a table of teacher logits per shifted view (:func:`predict_views`) costs no more
+    teacher passes than running the teacher live on each of ``epochs`` epochs."""
+    return bool(augment.views) and augment.views <= epochs
+
+
+def predict_views(model: nn.Module, data: Images, augment: Augment, batch_size: int = 256,
+                  precision: str = "fp32") -> torch.Tensor:
+    """Logits [V, N, C] on each of the ``augment.views`` shifted views of every example (the
+    table :class:`~kdistill.engine.Distiller` looks up per view), each rank computing its share (torchrun)."""
+    return torch.stack([
+        predict_logits_shared(model, Images(augment.view(data.images, v), data.labels, data.mean,
+                                            data.std), batch_size, precision)
+        for v in range(augment.views or 0)])
+
+
+def evaluate(model: nn.Module, data: Images, batch_size: int = 256,
+             num_classes: int | None = None) -> dict:
+    """Accuracy (fraction), mean cross-entropy, per-class accuracy and confusion matrix.
+
+    Under torchrun each rank evaluates its slice of ``data`` and the counts are summed.
+    """
+    mine = data if distributed.world_size() == 1 else data.subset(data.rank_slice())
+    logits = predict_logits(model, mine, batch_size)
+    k = num_classes or logits.shape[1]
+    confusion = torch.bincount(mine.labels * k + logits.argmax(1), minlength=k * k).reshape(k, k)
+    loss_sum = F.cross_entropy(logits, mine.labels, reduction="sum").reshape(1).double()
+    confusion = distributed.all_reduce_sum(confusion)
+    loss_sum = distributed.all_reduce_sum(loss_sum)
+    support = confusion.sum(1).clamp_min(1)
+    return {
+        "accuracy": confusion.diag().sum().item() / len(data),
+        "loss": loss_sum.item() / len(data),
+        "per_class_accuracy": (confusion.diag() / support).tolist(),
+        "confusion": confusion.tolist(),
+    }
