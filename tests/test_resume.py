@@ -88,3 +88,34 @@ def test_a_locked_run_directory_is_refused(reference, tmp_path, capsys):
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
         assert main(["run", "--quiet", "--resume", str(out)]) == 2
     assert "another kdistill process is writing" in capsys.readouterr().err
+
+
+def _same_models(out: Path, reference: Path) -> None:
+    for role in ROLES:
+        assert (out / f"{role}.safetensors").read_bytes() == \
+            (reference / f"{role}.safetensors").read_bytes(), role
+    assert _comparable(out) == _comparable(reference)
+
+
+def test_control_in_the_same_pass_gives_the_same_run(reference, tmp_path):
+    out = tmp_path / "shared"
+    assert main(["run", "--out", str(out), *ARGS, "control_pass=shared"]) == 0
+    _same_models(out, reference)
+    lines = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
+    assert [(x["phase"], x["epoch"]) for x in lines] == [
+        ("teacher", 1), ("teacher", 2), ("student", 1), ("control", 1), ("student", 2),
+        ("control", 2)]
+    assert "student+control_seconds" in json.loads((out / "metrics.json").read_text())["timings"]
+
+
+def test_control_in_the_same_pass_resumes_bitwise(reference, tmp_path):
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "kdistill", "run", "--out", str(out), *ARGS,
+                             "control_pass=shared"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    _wait_for_epoch(out, "control", proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=60)
+    assert json.loads((out / "metrics.json").read_text())["status"] != "complete"
+    assert main(["run", "--quiet", "--resume", str(out)]) == 0
+    _same_models(out, reference)

@@ -188,6 +188,10 @@ class RunConfig(_Strict):
     channels_last: bool = Field(False, description="hold conv models in channels-last memory "
                                 "format (faster convolutions with oneDNN on CPU and on CUDA)")
     control: bool = Field(True, description="also train the student from scratch on labels only")
+    control_pass: Literal["separate", "shared"] = Field(
+        "separate", description="train the control after the distilled student, or beside it "
+                                "in the same pass on the same batches (shared: bitwise the same "
+                                "models)")
     eval_batch_size: int = Field(256, ge=1, description="batch size of evaluation and teacher logits")
     data: DataConfig = Field(default_factory=DataConfig)
     checkpoint_every: int = Field(1, ge=0, description="save a resumable checkpoint every N epochs "

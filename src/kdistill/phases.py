@@ -17,8 +17,8 @@ from .checkpoint import load_weights, save_weights
 from .config import RunConfig
 from .data import Dataset
 from .data.batches import renormalize
-from .engine import (Distiller, Images, evaluate, fit, predict_logits_shared, predict_views,
-                     tabulate_views)
+from .engine import (Alongside, Distiller, Images, evaluate, fit, predict_logits_shared,
+                     predict_views, tabulate_views)
 from .files import atomic_write_json
 from .losses import FeatureDistillation, feature_kind, is_feature_loss
 from .models import Ensemble
@@ -52,6 +52,7 @@ class Experiment:
         self.timings: dict[str, float] = {}
         self.cache, self.retrain_teacher = TeacherCache(), retrain_teacher
         self.teacher_keys: list[str] = []  # cache keys of the teacher (each ensemble member)
+        self.pair_histories: dict[str, list[dict]] = {}  # trained in one pass, to be recorded
         if self.main:
             (out_dir / "checkpoints").mkdir(exist_ok=True)
 
@@ -73,12 +74,14 @@ class Experiment:
         self.train_model("teacher", cfg.teacher,
                          trained=bool(cfg.teacher.weights) or cfg.teacher.epochs == 0)
         teacher_logits = self._teacher_logits()
-        self.train_model("student", cfg.student,
-                         self.models["teacher"] if teacher_logits is None else teacher_logits)
+        source = self.models["teacher"] if teacher_logits is None else teacher_logits
+        done = self.metrics.setdefault("models", {})
+        if cfg.control and cfg.control_pass == "shared" and not {"student", "control"} & {*done}:
+            self.train_pair(source)
+        self.train_model("student", cfg.student, source)
         gain = None
         if cfg.control:
             self.train_model("control", cfg.student)
-            done = self.metrics["models"]
             gain = done["student"]["test_accuracy"] - done["control"]["test_accuracy"]
         self.metrics["distill"] = {**cfg.distill.model_dump(), "gain_over_control": gain}
 
@@ -123,9 +126,23 @@ class Experiment:
         self.phase("teacher_logits", t)
         return logits
 
-    def _fit(self, name: str, model: nn.Module, spec, teacher: torch.Tensor | nn.Module | None,
-             seed: int) -> list[dict]:
-        """Train ``model`` (checkpointed as ``checkpoints/<name>``); return its epoch records."""
+    def train_pair(self, teacher: torch.Tensor | nn.Module) -> None:
+        """The distilled student and the control in one pass (``control_pass=shared``); each is
+        then recorded by :meth:`train_model` as if trained alone (bitwise the same models)."""
+        control = self._checkpoint("control")
+        beside = Alongside(self._distiller(self.models["control"], None), "control", control,
+                           self.log.callbacks("control", self.cfg.student.epochs))
+        self.pair_histories = {"student": self._fit("student", self.models["student"],
+                                                    self.cfg.student, teacher, self.cfg.seed,
+                                                    alongside=beside),
+                               "control": beside.history}
+
+    def _checkpoint(self, name: str) -> Path:
+        return self.out_dir / "checkpoints" / f"{name}.safetensors"
+
+    def _distiller(self, model: nn.Module, teacher: torch.Tensor | nn.Module | None
+                   ) -> Distiller:
+        """``model`` trained against ``teacher`` (None: on labels) with the run's objective."""
         cfg = self.cfg
         features = None
         if isinstance(teacher, nn.Module) and is_feature_loss(cfg.distill.loss):
@@ -133,11 +150,19 @@ class Experiment:
                 model, teacher, self.train.inputs(slice(0, 2)), feature_kind(cfg.distill.loss),
                 student_layer=cfg.student.features, teacher_layer=cfg.teacher.features,
                 weight=cfg.distill.feature_weight)
-        d, role = cfg.distill, "teacher" if name.startswith("teacher") else "student"
-        distiller = Distiller(model, teacher, d.loss, features=features, temperature=d.temperature,
-                              alpha=d.alpha, beta=d.beta, standardize=d.standardize,
-                              warmup_epochs=d.warmup_epochs, teacher_inputs=renormalize(
-                                  (self.train.mean, self.train.std), self.teacher_norm))
+        d = cfg.distill
+        return Distiller(model, teacher, d.loss, features=features, temperature=d.temperature,
+                         alpha=d.alpha, beta=d.beta, standardize=d.standardize,
+                         warmup_epochs=d.warmup_epochs, teacher_inputs=renormalize(
+                             (self.train.mean, self.train.std), self.teacher_norm))
+
+    def _fit(self, name: str, model: nn.Module, spec, teacher: torch.Tensor | nn.Module | None,
+             seed: int, alongside: Alongside | None = None) -> list[dict]:
+        """Train ``model`` (checkpointed as ``checkpoints/<name>``), maybe with a second model
+        ``alongside``; return its epoch records."""
+        cfg = self.cfg
+        distiller = self._distiller(model, teacher)
+        role = "teacher" if name.startswith("teacher") else "student"
         t0 = time.perf_counter()
         history = fit(distiller, self.seen_by(role, self.train), epochs=spec.epochs,
                       batch_size=spec.batch_size, lr=spec.lr, seed=seed, optimizer=spec.optimizer,
@@ -147,13 +172,13 @@ class Experiment:
                       evaluate_on=self.seen_by(role, self.test),
                       callbacks=self.log.callbacks(name, spec.epochs),
                       progress=self.show, desc=name,
-                      checkpoint=self.out_dir / "checkpoints" / f"{name}.safetensors",
+                      checkpoint=self._checkpoint(name),
                       checkpoint_every=cfg.checkpoint_every, precision=cfg.precision,
                       compile=cfg.compile, cuda_graphs=cfg.cuda_graphs,
-                      micro_batches=spec.micro_batches)
-        self.phase(name, t0)
-        if features is not None:
-            features.remove()
+                      micro_batches=spec.micro_batches, alongside=alongside)
+        self.phase(name if alongside is None else f"{name}+{alongside.desc}", t0)
+        if distiller.features is not None:
+            distiller.features.remove()
         return history
 
     @functools.cached_property
@@ -217,6 +242,8 @@ class Experiment:
         extra: dict = {}
         if role == "teacher" and not trained:
             history, extra = self._train_teacher(model)
+        elif role in self.pair_histories:
+            history = self.pair_histories[role]
         elif not trained:
             history = self._fit(role, model, spec, teacher, cfg.seed)
         test = self.seen_by(role, self.test)
