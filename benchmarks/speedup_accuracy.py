@@ -1,0 +1,106 @@
+"""Do the speed-ups change accuracy? Short resnet20 <- resnet56 runs with and without them.
+
+    python benchmarks/speedup_accuracy.py [--seeds 3] [--epochs 4] [--out DIR]
+
+Data: the first 10,000 Fashion-MNIST training images as RGB 32x32 (``data.channels=3
+data.image_size=32``; Debian's ``dataset-fashion-mnist``), crop (padding 4) and flip, tested on
+all 10,000 test images. Recipe: the ``cifar100-resnet56-resnet20`` preset (SGD lr 0.05, momentum
+0.9, weight decay 5e-4, batch 64, KD at T = 4) with ``--epochs`` epochs for the teacher, the
+student and the control, a cosine schedule, and the dataset's own mean/std.
+
+Without: fp32, ``channels_last=false``, the control trained after the student. With:
+``precision=bf16 channels_last=true control_pass=shared``. (The live teacher's folded
+BatchNorm is on in both; ``tests/test_shared_pass.py`` checks its logits match.) Each seed runs
+both settings, each training its own teacher (its cache key includes precision and memory
+format). The last epoch's test accuracy is reported; nothing is chosen on the test set.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+from datetime import date
+from pathlib import Path
+
+from kdistill.pipeline import environment
+
+RESULTS = Path(__file__).parent / "results" / "speedup-accuracy"
+ROLES = ("teacher", "student", "control")
+SETTINGS = {"without": ["precision=fp32", "channels_last=false", "control_pass=separate"],
+            "with": ["precision=bf16", "channels_last=true", "control_pass=shared"]}
+
+
+def overrides(epochs: int, seed: int) -> list[str]:
+    return ["data.name=fashion-mnist", "data.channels=3", "data.image_size=32",
+            "data.train_subset=10000", "data.mean=null", "data.std=null", "bench.enabled=false",
+            f"seed={seed}", *[f"{role}.{key}" for role in ("teacher", "student") for key in
+                              (f"epochs={epochs}", "schedule=cosine")]]
+
+
+def run(out: Path, cache: Path, epochs: int, seed: int, setting: str) -> dict:
+    """One ``kdistill run`` in its own process; each model's last-epoch test accuracy."""
+    command = [sys.executable, "-m", "kdistill", "run", "--quiet", "--preset",
+               "cifar100-resnet56-resnet20", "--out", str(out), *overrides(epochs, seed),
+               *SETTINGS[setting]]
+    subprocess.run(command, check=True, env={**__import__("os").environ,
+                                             "KDISTILL_CACHE": str(cache)})
+    models = json.loads((out / "metrics.json").read_text())["models"]
+    return {role: models[role]["test_accuracy"] for role in ROLES}
+
+
+def summary(values: list[float]) -> dict:
+    return {"values": values, "mean": statistics.mean(values),
+            "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "min": min(values), "max": max(values)}
+
+
+def table(results: dict) -> str:
+    env = results["env"]
+    lines = [f"`{results['command']}` ({env['cpu']}, {env['threads']} threads, torch "
+             f"{env['torch']}, {results['date']}). Last-epoch test accuracy (%), "
+             f"{len(results['seeds'])} seeds: mean ± sample std [min–max].", "",
+             "| model | without (fp32, separate control) | with (bf16, channels_last, "
+             "shared pass) | difference of means | within the seeds' spread |",
+             "|---|---:|---:|---:|---|"]
+    for role in ROLES:
+        a, b = results["without"][role], results["with"][role]
+        diff = b["mean"] - a["mean"]
+        spread = max(a["max"] - a["min"], b["max"] - b["min"])
+        cells = [f"{100 * s['mean']:.2f} ± {100 * s['std']:.2f} [{100 * s['min']:.2f}–"
+                 f"{100 * s['max']:.2f}]" for s in (a, b)]
+        lines.append(f"| {role} | {cells[0]} | {cells[1]} | {100 * diff:+.2f} | "
+                     f"{'yes' if abs(diff) <= spread else 'no'} (spread {100 * spread:.2f}) |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    per_seed: dict[str, list[dict]] = {name: [] for name in SETTINGS}
+    with tempfile.TemporaryDirectory() as tmp:
+        for seed in range(args.seeds):
+            for name in (SETTINGS if seed % 2 == 0 else reversed(list(SETTINGS))):
+                per_seed[name].append(run(Path(tmp) / f"{name}-{seed}", Path(tmp) / "cache",
+                                          args.epochs, seed, name))
+                print(name, seed, per_seed[name][-1], flush=True)
+    results = {"command": "python benchmarks/speedup_accuracy.py " + " ".join(sys.argv[1:]),
+               "date": date.today().isoformat(), "env": environment(),
+               "seeds": list(range(args.seeds)), "epochs": args.epochs,
+               "overrides": overrides(args.epochs, 0), "settings": SETTINGS,
+               "per_seed": per_seed,
+               **{name: {role: summary([r[role] for r in runs]) for role in ROLES}
+                  for name, runs in per_seed.items()}}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    (args.out / "table.md").write_text(table(results))
+    print(table(results))
+
+
+if __name__ == "__main__":
+    main()
