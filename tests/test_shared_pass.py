@@ -146,7 +146,7 @@ def test_the_same_pass_resumes_bitwise_even_when_one_model_is_behind(tmp_path, w
     assert expected[1:3] == (records(first), records(beside.history))
 
 
-@pytest.mark.parametrize("name", ["resnet20", "resnet8x4", "wrn_16_2", "MobileNetV2", "cnn"])
+@pytest.mark.parametrize("name", ["resnet20", "resnet8x4", "wrn_16_2", "MobileNetV2", "vgg13", "cnn"])
 def test_folded_teacher_gives_the_same_logits(name):
     kwargs = {} if name == "cnn" else {"num_classes": 100}
     model = create_model(name, **kwargs)
@@ -183,6 +183,22 @@ def test_folding_leaves_a_model_it_cannot_trace_or_without_batchnorm_as_it_is():
 
     branchy = Branchy().train()
     assert fold_batchnorm(branchy) is branchy and branchy.training
+
+    class BranchySequential(Branchy):  # not traceable, but its Sequential order shows the pair
+        def __init__(self):
+            super().__init__()
+            self.block = nn.Sequential(self.conv, self.bn, nn.ReLU())
+
+        def forward(self, x):
+            return self.block(x) if x.sum() > 0 else x
+
+    model = BranchySequential().eval()
+    model.bn.running_var.uniform_(0.5, 2.0)
+    folded = fold_batchnorm(model)
+    assert isinstance(folded.block[1], nn.Identity) and isinstance(model.block[1], nn.BatchNorm2d)
+    x = torch.rand(2, 3, 6, 6)
+    with torch.no_grad():
+        assert torch.allclose(folded(x), model(x), atol=1e-6)
     plain = nn.Sequential(nn.Flatten(), nn.Linear(4, 2))
     assert fold_batchnorm(plain) is plain
 
