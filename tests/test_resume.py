@@ -105,7 +105,11 @@ def test_control_in_the_same_pass_gives_the_same_run(reference, tmp_path):
     assert [(x["phase"], x["epoch"]) for x in lines] == [
         ("teacher", 1), ("teacher", 2), ("student", 1), ("control", 1), ("student", 2),
         ("control", 2)]
-    assert "student+control_seconds" in json.loads((out / "metrics.json").read_text())["timings"]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert "student+control_seconds" in metrics["timings"]
+    assert metrics["teacher_logits"]["precomputed"] is True  # and the report says why:
+    assert "logits from a table computed once: the training images are not augmented" in \
+        (out / "report.md").read_text()
 
 
 def test_control_in_the_same_pass_resumes_bitwise(reference, tmp_path):

@@ -144,6 +144,10 @@ class DistillConfig(_Strict):
     standardize: bool = Field(False, description="z-score logits before softening (Sun et al. 2024)")
     feature_weight: float | None = Field(None, ge=0, description="weight of the fitnets/at hint "
                                                                  "(default 1 and 1000)")
+    teacher_table_gb: float = Field(
+        4.0, ge=0, description="largest table of precomputed teacher logits (one per training "
+                               "image, or per crop/flip view of each) kept in memory; beyond it, "
+                               "or at 0, the teacher runs live on every batch")
     warmup_epochs: int = Field(0, ge=0, description="ramp the distillation terms (all but "
                                "cross-entropy) linearly over the first N epochs (DKD: 20)")
 

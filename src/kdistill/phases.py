@@ -16,17 +16,16 @@ from .bench import describe_model
 from .checkpoint import load_weights, save_weights
 from .config import RunConfig
 from .data import Dataset
+from .data.augment import Augment
 from .data.batches import renormalize
 from .engine import (Alongside, Distiller, Images, evaluate, fit, predict_logits_shared,
                      predict_views, tabulate_views)
 from .files import atomic_write_json
 from .losses import FeatureDistillation, feature_kind, is_feature_loss
 from .models import Ensemble
+from .models.fold import fold_batchnorm
 from .progress import Reporter
 from .teacher_cache import TeacherCache, data_fingerprint, teacher_key
-
-# the largest table of per-view teacher logits kept in memory (60k images x 25 views: 60 MB)
-MAX_TEACHER_TABLE_BYTES = 2 << 30
 
 
 class Experiment:
@@ -86,20 +85,20 @@ class Experiment:
         self.metrics["distill"] = {**cfg.distill.model_dump(), "gain_over_control": gain}
 
     def _teacher_logits(self) -> torch.Tensor | None:
-        """The frozen teacher's logits on every input the student can see, when those are few:
-        the training set itself without augmentation ([N, C]), or each of its (2p+1)^2 shifted
-        views under shifts alone ([V, N, C]) when that costs no more teacher passes than running
-        the teacher live every epoch. Exactly what a live teacher would output (up to float
-        rounding); cached beside the teacher. None: feature objectives and continuous
-        augmentations run the teacher live. Under torchrun each process computes its share."""
+        """The frozen teacher's logits on every input the student can see, when
+        :func:`teacher_plan` says a table is cheaper than a live teacher: the training set
+        itself without augmentation ([N, C]), or each of its crop/flip views ([V, N, C]).
+        Exactly what a live teacher would output (up to float rounding); cached beside the
+        teacher. None: the teacher runs live. Under torchrun each process computes its share."""
         cfg = self.cfg
         augment = cfg.data.augment()
         views = augment.views
-        if is_feature_loss(cfg.distill.loss) or (augment and not views):
-            return None
-        table_bytes = (views or 1) * len(self.train) * self.dataset.num_classes * 4
-        if views and not (tabulate_views(augment, cfg.student.epochs)
-                          and table_bytes <= MAX_TEACHER_TABLE_BYTES):
+        plan = self.metrics.get("teacher_logits") or teacher_plan(  # a resumed run keeps its plan
+            cfg, augment, len(self.train), self.dataset.num_classes)
+        self.metrics["teacher_logits"] = plan
+        self.log.say(f"teacher  {'precomputed' if plan['precomputed'] else 'live'}: "
+                     f"{plan['why']}")
+        if not plan["precomputed"]:
             return None
         t = time.perf_counter()
         recipe: dict = {"members": self.teacher_keys}
@@ -107,6 +106,8 @@ class Experiment:
             recipe["T"] = cfg.distill.temperature
         if views:
             recipe["translate"] = augment.translate
+            if augment.hflip:
+                recipe["hflip"] = True
         name = "train_logits-" + teacher_key(recipe)
         key = self.teacher_keys[0] if self.teacher_keys else None
         logits = self.cache.load_logits(key, name) if key else None
@@ -115,11 +116,10 @@ class Experiment:
             self.log.say("teacher  logits on the training set from the cache")
             logits = logits.to(self.train.device)
         else:
-            if views:
-                self.log.say(f"teacher  logits on all {views} shifted views of the training set")
             predict = (functools.partial(predict_views, augment=augment) if views
                        else predict_logits_shared)
-            logits = predict(self.models["teacher"], self.seen_by("teacher", self.train),
+            logits = predict(fold_batchnorm(self.models["teacher"]),
+                             self.seen_by("teacher", self.train),
                              batch_size=cfg.eval_batch_size, precision=cfg.precision)
             if key and self.main:
                 self.cache.store_logits(key, name, logits)
@@ -266,6 +266,35 @@ class Experiment:
         entry.update(describe_model(model, self.test.inputs(slice(0, 1))))
         self.metrics.setdefault("models", {})[role] = entry
         self.save_metrics()
+
+
+def teacher_plan(cfg: RunConfig, augment: Augment, images: int, classes: int) -> dict:
+    """Whether the distilled student reads its teacher's logits from a table computed once
+    (``precomputed``) or runs the teacher on every batch, and why: a table needs the inputs to
+    repeat (no augmentation, or shifts and flips alone, which give ``augment.views`` distinct
+    views), no more teacher passes than the live teacher's one per epoch, and at most
+    ``distill.teacher_table_gb`` of memory (float32 logits)."""
+    views, epochs = augment.views, cfg.student.epochs
+    size = (views or 1) * images * classes * 4
+    limit = cfg.distill.teacher_table_gb * 1e9
+    if is_feature_loss(cfg.distill.loss):
+        return {"precomputed": False, "why": "a feature objective reads the teacher's "
+                                             "activations at every step"}
+    if augment and not views:
+        return {"precomputed": False, "why": "the augmentation is continuous (rotation, zoom, "
+                                             "elastic or erasing): no input repeats"}
+    if views and not tabulate_views(augment, epochs):
+        return {"precomputed": False, "why": f"a table of all {views} crop/flip views would "
+                f"take {views} teacher passes over the data, more than {epochs} epochs live"}
+    if size > limit:
+        return {"precomputed": False, "why": f"a table would take {size / 1e9:.2f} GB, over "
+                f"distill.teacher_table_gb={cfg.distill.teacher_table_gb:g}"}
+    what = (f"all {views} crop/flip views of each training image ({views} teacher passes "
+            f"instead of {epochs} epochs live)" if views else
+            "the training images are not augmented (one teacher pass)")
+    shown = f"{size / 1e9:.2f} GB" if size >= 1e8 else f"{size / 1e6:.1f} MB"
+    return {"precomputed": True, "views": views, "gb": round(size / 1e9, 3),
+            "why": f"{what}, {shown}"}
 
 
 def best_epoch(history: list[dict]) -> dict:

@@ -223,6 +223,15 @@ def _provenance_lines(models: dict) -> list[str]:
     return out
 
 
+def _teacher_source(plan: object) -> list[str]:
+    """How the distilled student got its teacher's logits, and why (``teacher_logits``)."""
+    if not isinstance(plan, dict) or not plan.get("why"):
+        return []
+    how = ("from a table computed once" if plan.get("precomputed") is True
+           else "from the teacher run live on each batch")
+    return [f"The student read its teacher's logits {how}: {md_text(plan['why'])}.", ""]
+
+
 def render(metrics: dict, plots: dict[str, str] | None = None) -> str:
     """The whole ``report.md`` as text; ``plots`` maps plot names to paths relative to the run."""
     plots = plots or {}
@@ -270,6 +279,7 @@ def render(metrics: dict, plots: dict[str, str] | None = None) -> str:
     if (cfg["data"]["name"], cfg["teacher"]["model"], cfg["student"]["model"]) == (
             "mnist", "spec-teacher", "spec-student"):  # the spec's experiment, on its data
         out += _against_spec(models)
+    out += _teacher_source(metrics.get("teacher_logits"))
     t = metrics.get("timings", {})
     if t:
         out += ["## Time", "", "| phase | seconds |", "|---|---:|",
