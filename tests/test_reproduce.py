@@ -2,12 +2,14 @@
 schedules. The numbers are measured, not mocked, so the distillation check can fail."""
 import csv
 import json
+import re
 from dataclasses import replace
 
 import pytest
 import torch
 
 from conftest import kdistill
+from kdistill.errors import KdistillError
 from kdistill.reproduce import (FULL, OFFSETS, PAPER, ROWS, Recipe, choose_offset, reproduce,
                                 shift, with_overrides)
 
@@ -18,10 +20,23 @@ MINI = Recipe(teacher_epochs=20, student_epochs=10, small_epochs=10, temperature
 
 
 @pytest.fixture(scope="module")
-def mini(tmp_path_factory):
+def teacher_cache(tmp_path_factory):
+    """One teacher cache for this module: its runs continue one another, as a user's would."""
+    return tmp_path_factory.mktemp("teacher-cache")
+
+
+@pytest.fixture(autouse=True)
+def _own_teacher_cache(teacher_cache, monkeypatch):  # in place of conftest's, for this module
+    monkeypatch.setenv("KDISTILL_CACHE", str(teacher_cache))
+
+
+@pytest.fixture(scope="module")
+def mini(tmp_path_factory, teacher_cache):
     out = tmp_path_factory.mktemp("hinton")
     lines = []
-    results = reproduce("hinton-mnist", out, recipe=MINI, device="cpu", progress=lines.append)
+    with pytest.MonkeyPatch.context() as env:  # set before any test's own fixtures run
+        env.setenv("KDISTILL_CACHE", str(teacher_cache))
+        results = reproduce("hinton-mnist", out, recipe=MINI, device="cpu", progress=lines.append)
     return out, results, lines
 
 
@@ -138,3 +153,48 @@ def test_bad_input_is_one_line_and_exit_2(args, match, tmp_path):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("kdistill: error:") and match in lines[0]
     assert not (tmp_path / "o").exists()
+
+
+# Every experiment in a second or two: one epoch each on 500 images, no jittered students.
+TINY = Recipe(teacher_epochs=1, student_epochs=1, small_epochs=1, temperatures=(20.0,),
+              small_temperatures=(4.0,), student_translate=0, train_size=500, val_size=2000)
+TINY_SETTINGS = ["teacher_epochs=1", "student_epochs=1", "small_epochs=1", "temperatures=[20]",
+                 "small_temperatures=[4]", "student_translate=0", "train_size=500",
+                 "val_size=2000"]
+
+
+def test_teachers_come_from_the_teacher_cache_not_the_output_directory(tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("KDISTILL_CACHE", str(cache))
+    first_lines, again_lines = [], []
+    first = reproduce("hinton-mnist", tmp_path / "a", recipe=TINY, device="cpu",
+                      progress=first_lines.append)
+    assert not any("teacher cache" in line for line in first_lines)
+    assert not list((tmp_path / "a").rglob("*.safetensors"))  # the teacher lives in the cache
+    assert [p.name for p in cache.glob("*/teacher.safetensors")] == ["teacher.safetensors"]
+    # another output directory, other student settings: the same teacher, loaded not trained
+    again = reproduce("hinton-mnist", tmp_path / "b", recipe=replace(TINY, student_epochs=2),
+                      device="cpu", progress=again_lines.append)
+    assert any(line.startswith("seed 0  teacher:") and "from the teacher cache" in line
+               for line in again_lines)
+    assert again["per_seed"][0]["teacher"] == first["per_seed"][0]["teacher"]
+    # --retrain-teacher trains it again, to the same errors (training is deterministic)
+    result = kdistill("reproduce", "hinton-mnist", "--out", str(tmp_path / "c"), "--device",
+                      "cpu", "--retrain-teacher", *TINY_SETTINGS)
+    assert result.returncode == 0, result.stderr
+    assert "teacher:" in result.stderr and "teacher cache" not in result.stderr
+    retrained = json.loads((tmp_path / "c" / "results.json").read_text())
+    assert retrained["per_seed"][0]["teacher"]["errors"] == first["per_seed"][0]["teacher"]["errors"]
+    assert [r["values"] for r in retrained["rows"]] == [r["values"] for r in first["rows"]]
+
+
+@pytest.mark.parametrize("setting, match", [
+    ("train_size=0", "train_size=0 must be a whole number ≥ 1, or null"),
+    ("lr=.inf", "lr=inf must be a positive finite number"),
+    ("temperatures=[]", "temperatures=[] must be a list of positive numbers"),
+    ("val_size=2.5", "val_size=2.5 must be a whole number ≥ 1"),
+    ("distill.alpha=1.5", "alpha=1.5 must be a number from 0 to 1"),
+])
+def test_each_setting_is_checked_by_its_field(setting, match):
+    with pytest.raises(KdistillError, match=re.escape(match)):
+        with_overrides(FULL, [setting])

@@ -161,7 +161,8 @@ def _cmd_reproduce(args: argparse.Namespace, argv: list[str]) -> int:
     results = reproduce(args.experiment, args.out, quick=args.quick, seeds=args.seeds,
                         recipe=recipe, device=args.device, data_root=args.data_root, progress=say,
                         show_bars=False if args.quiet else None,
-                        command=" ".join(["kdistill", *argv]))
+                        command=" ".join(["kdistill", *argv]),
+                        retrain_teacher=args.retrain_teacher)
     print((Path(results["out_dir"]) / "table.md").read_text(), end="")
     return 0
 
