@@ -1,15 +1,19 @@
 """What a study writes: each objective's statistics over seeds, the tables (markdown, CSV,
-JSON) and the figures of ``compare`` and ``sweep``, every file written atomically."""
+JSON) and the figures of ``compare`` and ``sweep``, every file written atomically. Each table
+states, as every published benchmark table does, its command (when the caller gives it), the
+machine and torch its runs recorded, and the date it was written."""
 from __future__ import annotations
 
 import csv
 import io
+from datetime import date
 from pathlib import Path
 
 import numpy as np
 
 from .files import atomic_write_bytes, atomic_write_json, atomic_write_text
 from .report import num, pct
+from .runfiles import RunDirError, read_metrics
 from .stats import mean_std, paired_test
 
 # ---------------------------------------------------------------- statistics
@@ -68,6 +72,31 @@ def sweep_markdown(rows: list[dict], keys: list[str] | None = None) -> str:
           num(None if r["gain"] is None else 100 * r["gain"], "+.2f")] for r in rows])
 
 
+def machine(env: dict) -> str:
+    """Where runs ran, as a benchmark table states it: the GPU, or the CPU and its threads;
+    and the torch version (``env`` as :func:`kdistill.pipeline.environment` records it)."""
+    where = env["device"] if env["device"] != "cpu" else f"{env['cpu']}, {env['threads']} threads"
+    return f"{where}, torch {env['torch']}"
+
+
+def provenance(run_dir: str | Path, command: str | None) -> dict:
+    """What a study's table states about itself: ``command``, the environment its first run
+    (``run_dir``) recorded (None when that run's ``metrics.json`` cannot be read: a table never
+    guesses a machine) and today's date."""
+    try:
+        env = read_metrics(run_dir)["env"]
+    except RunDirError:
+        env = None
+    return {"command": command, "env": env, "date": date.today().isoformat()}
+
+
+def _stated(about: dict) -> str:
+    """The line under a study table's title: `command` (machine, torch, date)."""
+    where = ", ".join([*([machine(about["env"])] if about["env"] else []), about["date"]])
+    return (f"`{about['command']}` ({where}).\n\n" if about["command"]
+            else f"Ran on {where}.\n\n")
+
+
 def _csv(rows: list[dict]) -> str:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
@@ -83,29 +112,33 @@ def _write_png(path: Path, fig) -> None:
 
 
 def write_compare(out_dir: Path, summary: list[dict], runs: list[list[dict]], base_seed: int,
-                  seeds: int) -> None:
-    """``compare.{csv,md,json,png}`` into ``out_dir``."""
+                  seeds: int, command: str | None = None) -> None:
+    """``compare.{csv,md,json,png}`` into ``out_dir``; ``command`` is the one that ran it."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    about = provenance(runs[0][0]["run_dir"], command)
     atomic_write_text(out_dir / "compare.csv", _csv(summary))
     atomic_write_text(out_dir / "compare.md",
                       f"# Compare: {len(summary)} objectives × {seeds} seeds "
-                      f"(seeds {base_seed}–{base_seed + seeds - 1})\n\n"
+                      f"(seeds {base_seed}–{base_seed + seeds - 1})\n\n" + _stated(about) +
                       "Accuracies are mean ± sample std over seeds; gain is the mean paired "
                       "difference student − control (same seed), with a paired t-test.\n\n"
                       + compare_markdown(summary))
     atomic_write_json(out_dir / "compare.json",
-                      {"base_seed": base_seed, "seeds": seeds, "summary": summary,
+                      {**about, "base_seed": base_seed, "seeds": seeds, "summary": summary,
                        "runs": {s["slug"]: r for s, r in zip(summary, runs)}})
     _write_png(out_dir / "compare.png", compare_figure(summary))
 
 
-def write_sweep(out_dir: Path, rows: list[dict], keys: list[str]) -> None:
-    """``sweep.{csv,md,json,png}`` into ``out_dir``."""
+def write_sweep(out_dir: Path, rows: list[dict], keys: list[str],
+                command: str | None = None) -> None:
+    """``sweep.{csv,md,json,png}`` into ``out_dir``; ``command`` is the one that ran it."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    about = provenance(rows[0]["run_dir"], command)
     columns = [*keys, "teacher", "student", "control", "gain", "slug"]
     atomic_write_text(out_dir / "sweep.csv", _csv([{c: r[c] for c in columns} for r in rows]))
-    atomic_write_text(out_dir / "sweep.md", f"# Sweep: {len(rows)} runs\n\n" + sweep_markdown(rows, keys))
-    atomic_write_json(out_dir / "sweep.json", {"keys": keys, "rows": rows})
+    atomic_write_text(out_dir / "sweep.md", f"# Sweep: {len(rows)} runs\n\n" + _stated(about)
+                      + sweep_markdown(rows, keys))
+    atomic_write_json(out_dir / "sweep.json", {**about, "keys": keys, "rows": rows})
     _write_png(out_dir / "sweep.png", sweep_figure(rows, keys))
 
 
