@@ -28,10 +28,11 @@ CONFIG_HELP = """config keys (key=value; `kdistill run --print-config` prints ev
   data.*     the dataset (a registered name or a path), mean/std, image_size, augmentation, val_size
   teacher.*  the teacher: model, kwargs, epochs, optimizer and schedule, weights to load, ensemble
   student.*  the student: model, kwargs, epochs, optimizer and schedule (its control: the same)
-  distill.*  the objective: loss (`kdistill losses`), temperature, alpha, beta, warm-up
+  distill.*  the objective: loss (`kdistill losses`), temperature, alpha, beta, warm-up,
+             teacher_table_gb (precomputed teacher logits or a live teacher)
   bench.*    the deployment benchmark after training: on/off, ONNX and int8, repeats, batch sizes
   top level  description, seed, threads, device, precision, compile, cuda_graphs,
-             channels_last, control, eval_batch_size, checkpoint_every
+             channels_last, control, control_pass, eval_batch_size, checkpoint_every
 
 """
 # Examples shown by each subcommand's --help.
@@ -194,6 +195,9 @@ def _add_reproduce(sub) -> None:
     rp.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
     rp.add_argument("--data-root", help="where datasets live (default $KDISTILL_DATA or user cache)")
     rp.add_argument("--quiet", action="store_true", help="print only the final table")
+    rp.add_argument("--retrain-teacher", action="store_true",
+                    help="train each seed's teacher even if the teacher cache holds one of "
+                         "this recipe")
     rp.add_argument("overrides", nargs="*", metavar="key=value",
                     help="change the recipe, e.g. student.epochs=300 batch_size=32 (also "
                          "student_epochs=300; see kdistill.reproduce.Recipe)")
