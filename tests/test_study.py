@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from conftest import QUICK
 from kdistill import study
@@ -101,7 +102,10 @@ def test_sweep_grid_table_and_plot(idx_dir, tmp_path, capsys):
         table = list(csv.DictReader(f))
     assert list(table[0])[:2] == ["distill.temperature", "distill.alpha"] and len(table) == 4
     assert (out / "sweep.png").read_bytes()[:4] == b"\x89PNG"
-    assert (out / "sweep.md").is_file()
+    # the table states the command that made it, the machine, torch and the date
+    head = (out / "sweep.md").read_text()
+    assert f"`kdistill sweep --quiet --out {out} data.name={idx_dir}" in head
+    assert f"torch {torch.__version__}" in head and saved["command"].startswith("kdistill sweep")
 
 
 def test_parse_sweep_keeps_lists_and_plain_overrides():

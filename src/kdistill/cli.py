@@ -137,14 +137,15 @@ def _cmd_study(args: argparse.Namespace, argv: list[str]) -> int:
         say = None if args.quiet or not main_rank else (
             lambda line: print(line, file=sys.stderr, flush=True))
         config = _source(args)
+        command = " ".join(["kdistill", *argv])
         if args.command == "compare":
             rows = study.compare(args.objectives, config, args.out, seeds=args.seeds,
                                  overrides=overrides, verbose=args.verbose, progress=say,
-                                 trust_code=args.trust_code)
+                                 trust_code=args.trust_code, command=command)
             table = study.compare_markdown(rows)
         else:
             rows = study.sweep(overrides, config, args.out, verbose=args.verbose, progress=say,
-                               trust_code=args.trust_code)
+                               trust_code=args.trust_code, command=command)
             table = study.sweep_markdown(rows)
         if main_rank:
             print(table, end="")

@@ -167,14 +167,16 @@ def _default_out(kind: str) -> Path:
 
 def compare(objectives: Sequence[str], config: Config = None, out: str | Path | None = None, *,
             seeds: int = 3, overrides: Sequence[str] = (), verbose: bool = False,
-            progress: Progress = None, trust_code: bool = False) -> list[dict]:
+            progress: Progress = None, trust_code: bool = False,
+            command: str | None = None) -> list[dict]:
     """Train each objective (a string of ``key=value`` settings) with ``seeds`` seeds
     (``seed`` = the config's seed + i) and pair every student with its seed's control.
 
     Returns one row per objective: mean and sample std over seeds of the teacher's, student's
     and control's test accuracy (fractions), the mean paired gain over the control with its
     paired t statistic and two-sided p-value. Writes ``compare.{csv,md,json,png}`` into ``out``
-    and each run into ``out/<objective-slug>/seed<k>/``.
+    and each run into ``out/<objective-slug>/seed<k>/``; ``command`` (the command line that
+    ran it) heads the table.
     """
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
         raise KdistillError(f"--seeds must be a whole number ≥ 1, got {seeds!r}", "e.g. --seeds 3")
@@ -199,7 +201,7 @@ def compare(objectives: Sequence[str], config: Config = None, out: str | Path | 
             per_objective[j].append({"seed": seed, **row})
     summary = [summarise(text, s, runs) for text, s, runs in zip(objectives, slugs, per_objective)]
     if distributed.is_main():
-        write_compare(out_dir, summary, per_objective, base_seed, seeds)
+        write_compare(out_dir, summary, per_objective, base_seed, seeds, command)
     return summary
 
 
@@ -207,13 +209,15 @@ def compare(objectives: Sequence[str], config: Config = None, out: str | Path | 
 
 def sweep(swept: dict[str, Sequence] | Sequence[str], config: Config = None,
           out: str | Path | None = None, *, overrides: Sequence[str] = (), verbose: bool = False,
-          progress: Progress = None, trust_code: bool = False) -> list[dict]:
+          progress: Progress = None, trust_code: bool = False,
+          command: str | None = None) -> list[dict]:
     """Run every combination of the swept values, one run each into ``out/<slug>/``.
 
     ``swept`` is ``{"distill.temperature": [1, 4], ...}`` or CLI-style strings
     (``["distill.temperature=1,4", "student.epochs=3"]``; single values become overrides).
     Returns one row per point: the swept values, teacher/student/control test accuracy
-    (fractions) and the gain; writes ``sweep.{csv,md,json,png}`` into ``out``.
+    (fractions) and the gain; writes ``sweep.{csv,md,json,png}`` into ``out``, headed by
+    ``command``.
     """
     base = list(overrides)
     if isinstance(swept, dict):
@@ -235,5 +239,5 @@ def sweep(swept: dict[str, Sequence] | Sequence[str], config: Config = None,
     rows = [{**{k: parse_value(v) for k, v in pairs}, "slug": s, **r}
             for pairs, s, r in zip(combos, slugs, results)]
     if distributed.is_main():
-        write_sweep(out_dir, rows, keys)
+        write_sweep(out_dir, rows, keys, command)
     return rows
