@@ -11,7 +11,6 @@ times. The table gives every run's wall time, the medians and their ratio, all i
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -22,6 +21,7 @@ from datetime import date
 from pathlib import Path
 
 from kdistill.pipeline import environment
+from results_files import write_results
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -75,10 +75,7 @@ def main() -> None:
           f"{', '.join(f'{t:.1f}' for t in times[side])} | {medians[side]:.1f} |"
           for side in ("before", "after")],
         "", f"After ÷ before: {results['after_over_before']:.2f}x the time.", ""])
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    (out / "table.md").write_text(table)
-    print(table)
+    write_results(out, results, table)
 
 
 if __name__ == "__main__":

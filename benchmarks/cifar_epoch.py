@@ -9,7 +9,10 @@ Roles, each trained by `kdistill.fit` (SGD, nesterov momentum 0.9, lr 0.05, weig
 batch 64, pad-4 random crop + flip, CIFAR-100 mean/std, 100 random classes):
 - teacher: resnet32x4 alone, cross-entropy;
 - distill: resnet8x4 against a frozen resnet32x4 run live on every batch (hinton, T=4, α=0.9);
-- control: resnet8x4 alone, cross-entropy.
+- control: resnet8x4 alone, cross-entropy;
+- views: resnet32x4 folded, in eval mode, batches of 256: the pass that computes its logits on
+  every view of the training set (162 passes for pad-4 crops and flips);
+- table: resnet8x4 distilled from such a table of logits (looked up per image and view).
 Variants: fp32 or bf16 autocast of the forward (fit's `precision`), with the models in NCHW or
 in channels_last (`-cl`: the models are converted with `.to(memory_format=channels_last)`;
 the inputs stay NCHW-contiguous: conv picks the channels_last layout from its weights, and every
@@ -39,15 +42,18 @@ import torch
 
 import kdistill
 from kdistill.data.augment import Augment
-from kdistill.engine import Distiller, Images, fit
+from kdistill.engine import Distiller, Images, fit, predict_logits
 from kdistill.files import atomic_write_json, atomic_write_text
+from kdistill.models.fold import fold_batchnorm
 from kdistill.pipeline import environment
 
 N_IMAGES, BATCH, CLASSES, EPOCHS = 50_000, 64, 100, 240
 STEPS_PER_EPOCH = math.ceil(N_IMAGES / BATCH)  # 782: the last batch holds 16 images
 CIFAR100 = ((0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761))
 ROLES = {"teacher": ("resnet32x4", None), "distill": ("resnet8x4", "resnet32x4"),
-         "control": ("resnet8x4", None)}
+         "control": ("resnet8x4", None), "views": ("resnet32x4", None),
+         "table": ("resnet8x4", "resnet32x4")}
+VIEWS = 162  # (2 * 4 + 1)^2 crops x 2 flips: the teacher table's passes over the data
 VARIANTS = {"fp32": ("fp32", False), "bf16": ("bf16", False),
             "fp32-cl": ("fp32", True), "bf16-cl": ("bf16", True)}
 
@@ -71,7 +77,9 @@ def synthetic_cifar(seed: int = 0) -> Images:
     return Images(images, labels, *CIFAR100)
 
 
-def build(role: str, channels_last: bool) -> Distiller:
+def build(role: str, channels_last: bool, images: int) -> Distiller:
+    """The role's Distiller; ``table`` reads random logits for every view of ``images`` images
+    (the lookup costs the same whatever the values)."""
     torch.manual_seed(0)
     student_name, teacher_name = ROLES[role]
     models = [kdistill.create_model(name, num_classes=CLASSES)
@@ -80,7 +88,22 @@ def build(role: str, channels_last: bool) -> Distiller:
         models = [m.to(memory_format=torch.channels_last) for m in models]
     if len(models) == 1:
         return Distiller(models[0])
-    return Distiller(models[0], models[1], "hinton", temperature=4.0, alpha=0.9)
+    teacher = torch.randn(VIEWS, images, CLASSES) if role == "table" else models[1]
+    return Distiller(models[0], teacher, "hinton", temperature=4.0, alpha=0.9)
+
+
+def view_seconds(variant: str, data: Images, warmup: int, steps: int) -> float:
+    """Seconds per 64 images of the teacher's table pass: the folded resnet32x4 in eval mode,
+    batches of 256, as a run computes its logits on every view."""
+    precision, channels_last = VARIANTS[variant]
+    model = build("teacher", channels_last, 0).student
+    teacher = fold_batchnorm(model.eval())
+    if warmup:
+        predict_logits(teacher, data.subset(slice(0, warmup * BATCH)), 256, precision)
+    timed = data.subset(slice(warmup * BATCH, (warmup + steps) * BATCH))
+    start = time.perf_counter()
+    predict_logits(teacher, timed, 256, precision)
+    return (time.perf_counter() - start) / steps
 
 
 def step_seconds(role: str, variant: str, data: Images, warmup: int, steps: int) -> float:
@@ -89,8 +112,10 @@ def step_seconds(role: str, variant: str, data: Images, warmup: int, steps: int)
     optimizer (fit always does), so its first step also allocates the momentum buffers: a memset
     of the parameters, negligible against a step; the weights, oneDNN's primitive caches and the
     allocator are warm. (Timing the difference of two fits would double the noise instead.)"""
+    if role == "views":
+        return view_seconds(variant, data, warmup, steps)
     precision, channels_last = VARIANTS[variant]
-    distiller = build(role, channels_last)
+    distiller = build(role, channels_last, max(warmup, steps) * BATCH)
     common = dict(epochs=1, batch_size=BATCH, lr=0.05, seed=0, optimizer="sgd",
                   weight_decay=5e-4, augment=Augment(translate=4, hflip=True),
                   precision=precision, progress=False)
@@ -123,17 +148,20 @@ def summarise(times: dict[tuple[str, str], list[float]]) -> tuple[list[dict], li
                      "projected_seconds_per_epoch": step * STEPS_PER_EPOCH,
                      "all_seconds_per_step": spent})
     epoch = {(r["role"], r["variant"]): r["projected_seconds_per_epoch"] for r in rows}
-    roles = sorted({r for r, _ in epoch}, key=list(ROLES).index)
     plans = []
-    if roles == list(ROLES):
+    for name, roles in PLANS.items():
         variants = [v for v in VARIANTS if all((r, v) in epoch for r in roles)]
         for v in variants:
-            plans.append({"plan": v, "variants": {r: v for r in roles},
-                          "projected_hours": sum(EPOCHS * epoch[r, v] for r in roles) / 3600})
-        best = {r: min(variants, key=lambda v: epoch[r, v]) for r in roles}
-        plans.append({"plan": "fastest per role", "variants": best,
-                      "projected_hours": sum(EPOCHS * epoch[r, best[r]] for r in roles) / 3600})
+            plans.append({"plan": f"{name}, {v}", "variants": {r: v for r in roles},
+                          "projected_hours": sum(EPOCHS_OF.get(r, EPOCHS) * epoch[r, v]
+                                                 for r in roles) / 3600})
     return rows, plans
+
+
+# the protocol's roles with a live teacher, and with a table of its logits on every view
+PLANS = {"live teacher": ("teacher", "distill", "control"),
+         "teacher table": ("teacher", "views", "table", "control")}
+EPOCHS_OF = {"views": VIEWS}  # the table: one teacher pass over the data per view
 
 
 def markdown(meta: dict, rows: list[dict], plans: list[dict]) -> str:
@@ -155,19 +183,23 @@ def markdown(meta: dict, rows: list[dict], plans: list[dict]) -> str:
         "| s/epoch (projected) | min/epoch (projected) |",
         "|---|---|---|---:|---:|---:|---:|"]
     for r in rows:
-        model = r["student"] + (f" ← {r['teacher']} (live)" if r["teacher"] else "")
+        model = r["student"] + (f" ← {r['teacher']} ({'table' if r['role'] == 'table' else 'live'})"
+                                if r["teacher"] else "")
+        if r["role"] == "views":
+            model += " inference, folded, batch 256 (per 64 images)"
         lines.append(f"| {r['role']} | {model} | {r['variant']} | {r['seconds_per_step']:.3f} | "
                      f"{r['images_per_s']:.0f} | {r['projected_seconds_per_epoch']:.0f} | "
                      f"{r['projected_seconds_per_epoch'] / 60:.1f} |")
     if plans:
-        fastest = min(plans[:-1], key=lambda p: p["projected_hours"])  # one variant
+        fastest = min(plans, key=lambda p: p["projected_hours"])
         lines += ["", f"Protocol, **projected**: {EPOCHS} epochs each of teacher, distillation "
-                  "and control (RepDistiller), one after another on this machine.", "",
-                  "| plan | variants (teacher / distill / control) | hours (projected) |",
-                  "|---|---|---:|"]
+                  "and control (RepDistiller), one after another on this machine; with a "
+                  f"teacher table, {VIEWS} teacher passes (one per crop/flip view) replace the "
+                  "live teacher's 240.", "",
+                  "| plan | roles | hours (projected) |", "|---|---|---:|"]
         for p in plans:
-            mark = " (fastest variant)" if p is fastest else ""
-            lines.append(f"| {p['plan']}{mark} | {' / '.join(p['variants'].values())} | "
+            mark = " (fastest)" if p is fastest else ""
+            lines.append(f"| {p['plan']}{mark} | {' + '.join(p['variants'])} | "
                          f"{p['projected_hours']:.1f} |")
     lines += ["", "GPU rows: not measured here (this benchmark times the CPU; the GPU measurement "
               "is a separate device script)."]

@@ -27,6 +27,7 @@ from datetime import date
 from pathlib import Path
 
 from kdistill.pipeline import environment
+from results_files import write_results
 
 RESULTS = Path(__file__).parent / "results" / "speedup-accuracy"
 ROLES = ("teacher", "student", "control")
@@ -101,10 +102,7 @@ def main() -> None:
                "per_seed": per_seed,
                **{name: {role: summary([r[role] for r in runs]) for role in ROLES}
                   for name, runs in per_seed.items()}}
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    (args.out / "table.md").write_text(table(results))
-    print(table(results))
+    write_results(args.out, results, table(results))
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ the control trained in the same pass as the distilled student.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -32,6 +31,7 @@ from kdistill.engine import Alongside, Distiller, Images, fit
 from kdistill.models import create_model
 from kdistill.models.fold import fold_batchnorm
 from kdistill.pipeline import environment
+from results_files import write_results
 
 RESULTS = Path(__file__).parent / "results" / "speedups-cpu"
 
@@ -141,10 +141,7 @@ def main() -> None:
         results["teacher"] = teacher_rows(args.repeats)
     if args.only != "teacher":
         results["control"] = control_rows(args.repeats)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    (args.out / "table.md").write_text(table(results))
-    print(table(results))
+    write_results(args.out, results, table(results))
 
 
 if __name__ == "__main__":

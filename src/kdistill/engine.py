@@ -174,20 +174,13 @@ def fit(distiller: Distiller, train: Images, *, epochs: int, batch_size: int, lr
     ``seconds`` (training time of the epoch) and, when ``evaluate_on`` is given, ``test_accuracy``
     and ``test_loss`` measured after the epoch. Shuffling, ``augment`` (drawn per image) and
     dropout are seeded by ``seed``; a teacher module sees the same augmented batch as the student.
-    Each record goes to ``on_epoch_end`` and to each of ``callbacks``
-    (:class:`~kdistill.callbacks.Callback`); ``progress`` shows a bar (default: on a terminal).
-
-    With ``checkpoint``, the full training state is saved there (atomically) every
-    ``checkpoint_every`` epochs and at the end; if the file exists, training continues from it
-    and ends bitwise identical to a run that was never stopped.
-
-    Each step is a :class:`~kdistill.train_step.TrainStep` (``micro_batches``, torchrun: every
-    rank draws the same seeded permutation and takes its share of each global batch of
-    ``batch_size``; rank 0 saves the checkpoints). On CUDA, ``cuda_graphs`` records the step as
-    a CUDA graph and replays it (:class:`~kdistill.cuda_graph.GraphedStep`) where the step
-    allows (:meth:`~kdistill.train_step.TrainStep.graphable`). Shifts are drawn for a whole
-    epoch at once (the same values as drawing per batch). ``alongside`` trains a second model
-    on the same batches in the same pass (:class:`Alongside`).
+    Records go to ``on_epoch_end`` and ``callbacks``; ``progress`` shows a bar (default: on a
+    terminal). With ``checkpoint``, the training state is saved there every
+    ``checkpoint_every`` epochs and at the end, and an existing one is continued from, ending
+    bitwise as a run never stopped. Each step is a :class:`~kdistill.train_step.TrainStep`
+    (``micro_batches``; under torchrun each rank takes its share of each global batch), on
+    CUDA recorded once as a graph where it allows (:class:`~kdistill.cuda_graph.GraphedStep`).
+    ``alongside`` trains a second model on the same batches in the same pass (:class:`Alongside`).
     """
     _check_teacher_table(distiller, augment)
     torch.manual_seed(seed)
