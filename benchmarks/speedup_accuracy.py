@@ -61,20 +61,25 @@ def summary(values: list[float]) -> dict:
 
 
 def table(results: dict) -> str:
+    """The two settings side by side, with each seed's paired difference (same seed, same
+    teacher): a mean difference inside the seeds' spread can still lean one way every time."""
     env = results["env"]
     lines = [f"`{results['command']}` ({env['cpu']}, {env['threads']} threads, torch "
              f"{env['torch']}, {results['date']}). Last-epoch test accuracy (%), "
-             f"{len(results['seeds'])} seeds: mean ± sample std [min–max].", "",
+             f"{len(results['seeds'])} seeds: mean ± sample std [min–max]; the teacher is the "
+             "same in both settings.", "",
              "| model | without (fp32, separate control) | with (bf16, channels_last, "
-             "shared pass) | difference of means | within the seeds' spread |",
-             "|---|---:|---:|---:|---|"]
+             "shared pass) | with − without, per seed | mean | within the seeds' spread |",
+             "|---|---:|---:|---:|---:|---|"]
     for role in ROLES:
         a, b = results["without"][role], results["with"][role]
+        paired = [100 * (y - x) for x, y in zip(a["values"], b["values"])]
         diff = b["mean"] - a["mean"]
         spread = max(a["max"] - a["min"], b["max"] - b["min"])
         cells = [f"{100 * s['mean']:.2f} ± {100 * s['std']:.2f} [{100 * s['min']:.2f}–"
                  f"{100 * s['max']:.2f}]" for s in (a, b)]
-        lines.append(f"| {role} | {cells[0]} | {cells[1]} | {100 * diff:+.2f} | "
+        lines.append(f"| {role} | {cells[0]} | {cells[1]} | "
+                     f"{', '.join(f'{d:+.2f}' for d in paired)} | {100 * diff:+.2f} | "
                      f"{'yes' if abs(diff) <= spread else 'no'} (spread {100 * spread:.2f}) |")
     return "\n".join(lines) + "\n"
 
