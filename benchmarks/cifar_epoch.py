@@ -10,7 +10,8 @@ batch 64, pad-4 random crop + flip, CIFAR-100 mean/std, 100 random classes):
 - teacher: resnet32x4 alone, cross-entropy;
 - distill: resnet8x4 against a frozen resnet32x4 run live on every batch (hinton, T=4, α=0.9);
 - control: resnet8x4 alone, cross-entropy;
-- views: resnet32x4 folded, in eval mode, batches of 256: the pass that computes its logits on
+- views: resnet32x4 in eval mode as a run computes its logits (BatchNorm folded when
+  channels-last), batches of 256: the pass that computes its logits on
   every view of the training set (162 passes for pad-4 crops and flips);
 - table: resnet8x4 distilled from such a table of logits (looked up per image and view).
 Variants: fp32 or bf16 autocast of the forward (fit's `precision`), with the models in NCHW or
@@ -44,7 +45,7 @@ import kdistill
 from kdistill.data.augment import Augment
 from kdistill.engine import Distiller, Images, fit, predict_logits
 from kdistill.files import atomic_write_json, atomic_write_text
-from kdistill.models.fold import fold_batchnorm
+from kdistill.models.fold import inference_teacher
 from kdistill.pipeline import environment
 
 N_IMAGES, BATCH, CLASSES, EPOCHS = 50_000, 64, 100, 240
@@ -93,11 +94,11 @@ def build(role: str, channels_last: bool, images: int) -> Distiller:
 
 
 def view_seconds(variant: str, data: Images, warmup: int, steps: int) -> float:
-    """Seconds per 64 images of the teacher's table pass: the folded resnet32x4 in eval mode,
+    """Seconds per 64 images of the teacher's table pass: resnet32x4 as a run runs it,
     batches of 256, as a run computes its logits on every view."""
     precision, channels_last = VARIANTS[variant]
     model = build("teacher", channels_last, 0).student
-    teacher = fold_batchnorm(model.eval())
+    teacher = inference_teacher(model.eval())
     if warmup:
         predict_logits(teacher, data.subset(slice(0, warmup * BATCH)), 256, precision)
     timed = data.subset(slice(warmup * BATCH, (warmup + steps) * BATCH))
@@ -186,7 +187,7 @@ def markdown(meta: dict, rows: list[dict], plans: list[dict]) -> str:
         model = r["student"] + (f" ← {r['teacher']} ({'table' if r['role'] == 'table' else 'live'})"
                                 if r["teacher"] else "")
         if r["role"] == "views":
-            model += " inference, folded, batch 256 (per 64 images)"
+            model += " inference, batch 256 (per 64 images)"
         lines.append(f"| {r['role']} | {model} | {r['variant']} | {r['seconds_per_step']:.3f} | "
                      f"{r['images_per_s']:.0f} | {r['projected_seconds_per_epoch']:.0f} | "
                      f"{r['projected_seconds_per_epoch'] / 60:.1f} |")

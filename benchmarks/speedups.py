@@ -4,10 +4,11 @@ the control trained in the same pass as the distilled student.
     python benchmarks/speedups.py [--repeats 5] [--out benchmarks/results/speedups-cpu]
 
 (1) Teacher: seconds per batch of 64 CIFAR-shaped images for resnet56 and resnet32x4 in eval
-    mode, as a live teacher runs each step: under ``no_grad`` (before), under
-    ``inference_mode``, and under ``inference_mode`` with BatchNorm folded into the convolutions
-    (kdistill's live teacher now); each in fp32 and under bf16 autocast. Variants alternate
-    within each repeat; the table gives medians and the ratio to ``no_grad`` in one run.
+    mode, as a live teacher runs each step: under ``no_grad``, under ``inference_mode``, and
+    under ``inference_mode`` with BatchNorm folded into the convolutions; each in NCHW and
+    channels-last, fp32 and bf16 autocast. Variants alternate within each repeat; the table
+    gives medians and the ratio to ``no_grad`` in one run. (kdistill folds a channels-last
+    teacher only: ``kdistill.models.fold.inference_teacher``.)
 (2) Control: one epoch of the distilled student then one of its control (one after the other)
     against both in one pass on shared batches (``fit(alongside=...)``), for the ``mnist-spec``
     student (784-128-10 MLP, teacher logits from a table, 10,000 MNIST-shaped images) and for
@@ -37,31 +38,41 @@ RESULTS = Path(__file__).parent / "results" / "speedups-cpu"
 
 
 def teacher_rows(repeats: int, batches: int = 4) -> list[dict]:
-    """Median seconds per batch of each teacher variant (fp32 and bf16)."""
+    """Median seconds per batch of each teacher variant, per precision and memory format."""
     x = torch.randn(64, 3, 32, 32)
     rows = []
     for name in ("resnet56", "resnet32x4"):
-        model = create_model(name, num_classes=100).eval()
-        folded = fold_batchnorm(model)
-        variants = {"no_grad": (model, torch.no_grad), "inference_mode": (model, torch.inference_mode),
-                    "folded + inference_mode": (folded, torch.inference_mode)}
-        for precision in ("fp32", "bf16"):
-            times: dict[str, list[float]] = {k: [] for k in variants}
-            for r in range(repeats + 1):  # the first round warms up
-                for label, (net, mode) in variants.items():
-                    with mode(), autocast(x.device, precision):
-                        start = time.perf_counter()
-                        for _ in range(batches):
-                            net(x)
-                        seconds = (time.perf_counter() - start) / batches
-                    if r:
-                        times[label].append(seconds)
-            base = statistics.median(times["no_grad"])
-            for label, values in times.items():
-                rows.append({"teacher": name, "precision": precision, "variant": label,
-                             "seconds_per_batch": statistics.median(values),
-                             "speedup": base / statistics.median(values)})
+        for layout in ("NCHW", "channels_last"):
+            model = create_model(name, num_classes=100).eval()
+            if layout == "channels_last":
+                model = model.to(memory_format=torch.channels_last)
+            folded = fold_batchnorm(model)
+            variants = {"no_grad": (model, torch.no_grad),
+                        "inference_mode": (model, torch.inference_mode),
+                        "folded + inference_mode": (folded, torch.inference_mode)}
+            for precision in ("fp32", "bf16"):
+                rows += _time_variants(variants, x, precision, repeats, batches,
+                                       {"teacher": name, "layout": layout})
     return rows
+
+
+def _time_variants(variants: dict, x: torch.Tensor, precision: str, repeats: int, batches: int,
+                   about: dict) -> list[dict]:
+    """Each variant's median seconds per batch, the variants alternating in every repeat."""
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    for r in range(repeats + 1):  # the first round warms up
+        for label, (net, mode) in variants.items():
+            with mode(), autocast(x.device, precision):
+                start = time.perf_counter()
+                for _ in range(batches):
+                    net(x)
+                seconds = (time.perf_counter() - start) / batches
+            if r:
+                times[label].append(seconds)
+    base = statistics.median(times["no_grad"])
+    return [{**about, "precision": precision, "variant": label,
+             "seconds_per_batch": statistics.median(values),
+             "speedup": base / statistics.median(values)} for label, values in times.items()]
 
 
 def _setup(kind: str) -> tuple:
@@ -116,9 +127,9 @@ def table(results: dict) -> str:
     lines = [f"`{results['command']}` ({env['cpu']}, {env['threads']} threads, torch "
              f"{env['torch']}, {results['date']}). Medians of {results['repeats']} repeats "
              "after one warm-up round, variants alternating; ratios within this run.", "",
-             "| teacher | precision | forward pass | ms / batch of 64 | × no_grad |",
-             "|---|---|---|---:|---:|"]
-    lines += [f"| {r['teacher']} | {r['precision']} | {r['variant']} | "
+             "| teacher | memory format | precision | forward pass | ms / batch of 64 | "
+             "× no_grad |", "|---|---|---|---|---:|---:|"]
+    lines += [f"| {r['teacher']} | {r['layout']} | {r['precision']} | {r['variant']} | "
               f"{1000 * r['seconds_per_batch']:.1f} | {r['speedup']:.2f}x |"
               for r in results["teacher"]]
     lines += ["", "| student and control, one epoch each | one after the other (s) | "

@@ -25,7 +25,7 @@ from .evaluation import (evaluate, predict_logits, predict_logits_shared,  # noq
                          predict_views, tabulate_views)
 from .losses import bind_loss
 from .loop import NonFiniteLoss, Trainee, run_epoch, run_together  # noqa: F401
-from .models.fold import fold_batchnorm
+from .models.fold import inference_teacher
 from .train_step import TrainStep, micro_slices  # noqa: F401 (micro_slices: kept importable here)
 
 
@@ -58,7 +58,7 @@ class Distiller(nn.Module):
         if self.teacher is not None:
             self.teacher.requires_grad_(False)
             if features is None:  # feature hooks need the teacher's own layers to run
-                self.teacher = fold_batchnorm(self.teacher)
+                self.teacher = inference_teacher(self.teacher)
         self.objective = bind_loss(loss, **loss_params) if teacher is not None else None
 
     def set_epoch(self, epoch: int, device: torch.device | str = "cpu") -> None:

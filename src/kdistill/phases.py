@@ -23,7 +23,7 @@ from .engine import (Alongside, Distiller, Images, evaluate, fit, predict_logits
 from .files import atomic_write_json
 from .losses import FeatureDistillation, feature_kind, is_feature_loss
 from .models import Ensemble
-from .models.fold import fold_batchnorm
+from .models.fold import inference_teacher
 from .progress import Reporter
 from .teacher_cache import TeacherCache, data_fingerprint, teacher_key
 
@@ -118,7 +118,7 @@ class Experiment:
         else:
             predict = (functools.partial(predict_views, augment=augment) if views
                        else predict_logits_shared)
-            logits = predict(fold_batchnorm(self.models["teacher"]),
+            logits = predict(inference_teacher(self.models["teacher"]),
                              self.seen_by("teacher", self.train),
                              batch_size=cfg.eval_batch_size, precision=cfg.precision)
             if key and self.main:
