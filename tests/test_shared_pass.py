@@ -215,3 +215,17 @@ def test_a_distiller_runs_its_live_teacher_folded_when_channels_last_and_without
     assert not logits.requires_grad and not logits.is_inference()
     with torch.no_grad():
         assert torch.allclose(logits, teacher(x), atol=1e-5)
+
+
+def test_a_view_table_holds_the_teachers_logits_on_every_crop_and_flip():
+    from kdistill.evaluation import predict_logits, predict_views
+
+    teacher, _, _ = models()
+    train, augment = data(30), Augment(translate=1, hflip=True)
+    table = predict_views(teacher, train, augment, batch_size=8)
+    assert table.shape == (18, 30, 4) and table.dtype == torch.float32
+    for v in range(18):
+        view = Images(augment.view(train.images, v), train.labels, train.mean, train.std)
+        assert torch.equal(table[v], predict_logits(teacher, view, batch_size=8))
+    with pytest.raises(ValueError, match="no views"):
+        predict_views(teacher, train, Augment(rotate=5.0))

@@ -47,12 +47,22 @@ def tabulate_views(augment: Augment, epochs: int) -> bool:
 
 def predict_views(model: nn.Module, data: Images, augment: Augment, batch_size: int = 256,
                   precision: str = "fp32") -> torch.Tensor:
-    """Logits [V, N, C] on each of the ``augment.views`` shifted views of every example (the
-    table :class:`~kdistill.engine.Distiller` looks up per view), each rank computing its share (torchrun)."""
-    return torch.stack([
-        predict_logits_shared(model, Images(augment.view(data.images, v), data.labels, data.mean,
-                                            data.std), batch_size, precision)
-        for v in range(augment.views or 0)])
+    """Logits [V, N, C] on each of the ``augment.views`` shifted (and flipped) views of every
+    example: the table :class:`~kdistill.engine.Distiller` looks up per view, each rank
+    computing its share (torchrun). Written view by view into one tensor, so the table is
+    never held twice (the CIFAR protocol's 162 views: 3.24 GB)."""
+    views = augment.views
+    if not views:
+        raise ValueError(f"{augment} has no views: predict_views needs shifts or flips alone")
+    table: torch.Tensor | None = None
+    for v in range(views):
+        logits = predict_logits_shared(model, Images(augment.view(data.images, v), data.labels,
+                                                     data.mean, data.std), batch_size, precision)
+        if table is None:
+            table = logits.new_empty((views, *logits.shape))
+        table[v] = logits
+    assert table is not None
+    return table
 
 
 def evaluate(model: nn.Module, data: Images, batch_size: int = 256,
