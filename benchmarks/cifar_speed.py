@@ -1,7 +1,10 @@
 """Distillation epochs at CIFAR scale: the loop people write today against ``kdistill run``.
 
-    python benchmarks/cifar_speed.py [--images 2048] [--rounds 2] [--workers 2]
+    python benchmarks/cifar_speed.py [--images 2048] [--rounds 2] [--workers 2] [--device cpu]
         [--pairs resnet56:resnet20,resnet32x4:resnet8x4] [--kdistill precision=bf16 ...]
+
+``--device cuda`` runs both sides on the GPU (the reference loop copies each batch there, as
+RepDistiller does, and its time ends with a synchronize).
 
 Both sides distil the same student from the same (untrained: speed does not depend on its
 weights) teacher on the same synthetic CIFAR-shaped data: ``--images`` uint8 images 3x32x32 of
@@ -50,8 +53,10 @@ def synthetic(path: Path, images: int) -> None:
              x_test=x[:test], y_test=rng.integers(0, 100, test))
 
 
-def reference_epoch(data: Path, teacher_name: str, student_name: str, workers: int) -> dict:
-    """One epoch of the reference loop (runs in a child process); seconds and images."""
+def reference_epoch(data: Path, teacher_name: str, student_name: str, workers: int,
+                    device: str) -> dict:
+    """One epoch of the reference loop (runs in a child process) on ``device``; seconds and
+    images."""
     import torch
     import torch.nn.functional as F
     from PIL import Image, ImageOps
@@ -76,13 +81,16 @@ def reference_epoch(data: Path, teacher_name: str, student_name: str, workers: i
             pixels = np.asarray(image, np.float32).transpose(2, 0, 1) / 255.0  # ToTensor
             return torch.from_numpy((pixels - mean) / std), int(y[i])  # Normalize
 
+    cuda = device.startswith("cuda")
     loader = torch.utils.data.DataLoader(PilCifar(), batch_size=64, shuffle=True,
-                                         num_workers=workers, pin_memory=False)
-    teacher = create_model(teacher_name, num_classes=100).eval()
-    student = create_model(student_name, num_classes=100).train()
+                                         num_workers=workers, pin_memory=cuda)
+    teacher = create_model(teacher_name, num_classes=100).eval().to(device)
+    student = create_model(student_name, num_classes=100).train().to(device)
     opt = torch.optim.SGD(student.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
     start = time.perf_counter()
     for inputs, targets in loader:
+        inputs = inputs.to(device, non_blocking=True)
+        targets = targets.to(device, non_blocking=True)
         with torch.no_grad():
             soft = teacher(inputs)
         logits = student(inputs)
@@ -91,18 +99,23 @@ def reference_epoch(data: Path, teacher_name: str, student_name: str, workers: i
         opt.zero_grad()
         loss.backward()
         opt.step()
+    if cuda:
+        torch.cuda.synchronize()
     return {"seconds": time.perf_counter() - start, "images": len(y)}
 
 
-def kdistill_epoch(data: Path, teacher_name: str, student_name: str, extra: list[str]) -> dict:
-    """One distillation epoch of ``kdistill run`` (in this child process); its training time."""
+def kdistill_epoch(data: Path, teacher_name: str, student_name: str, extra: list[str],
+                   device: str) -> dict:
+    """One distillation epoch of ``kdistill run`` on ``device`` (in this child process); its
+    training time."""
     import kdistill
 
     preset = f"cifar100-{teacher_name}-{student_name}"
     with tempfile.TemporaryDirectory() as tmp:
         result = kdistill.run(preset, out=Path(tmp) / "run", quiet=True, overrides=[
             f"data.name={data}", "data.mean=null", "data.std=null", "teacher.epochs=0",
-            "student.epochs=1", "control=false", "bench.enabled=false", *extra])
+            "student.epochs=1", "control=false", "bench.enabled=false", f"device={device}",
+            *extra])
     history = result.metrics["models"]["student"]["history"]
     return {"seconds": history[0]["seconds"], "images": result.metrics["dataset"]["train_size"]}
 
@@ -110,16 +123,17 @@ def kdistill_epoch(data: Path, teacher_name: str, student_name: str, extra: list
 def child(args: argparse.Namespace) -> None:
     teacher, student = args.pair.split(":")
     if args.side == "reference":
-        out = reference_epoch(args.data, teacher, student, args.workers)
+        out = reference_epoch(args.data, teacher, student, args.workers, args.device)
     else:
-        out = kdistill_epoch(args.data, teacher, student, args.kdistill)
+        out = kdistill_epoch(args.data, teacher, student, args.kdistill, args.device)
     out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps(out))
 
 
 def measure(args: argparse.Namespace, data: Path, pair: str, side: str) -> dict:
     command = [sys.executable, __file__, "--child", side, "--pair", pair, "--data", str(data),
-               "--workers", str(args.workers), "--kdistill", *args.kdistill]
+               "--workers", str(args.workers), "--device", args.device,
+               "--kdistill", *args.kdistill]
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode:
         sys.exit(f"{side} {pair} failed:\n{done.stderr[-2000:]}")
@@ -132,12 +146,14 @@ def summarise(runs: list[dict]) -> dict:
             "peak_rss_mb": max(r["peak_rss_mb"] for r in runs), "runs": runs}
 
 
-def table(results: dict, command: str) -> str:
+def table(results: dict, command: str, device: str = "cpu") -> str:
     import torch
 
     from kdistill.pipeline import environment
 
-    lines = [f"`{command}` ({environment()['cpu']}, "
+    env = environment(torch.device(device))
+    where = env["cpu"] if device == "cpu" else f"{env['device']}, {env['cpu']}"
+    lines = [f"`{command}` ({where}, "
              f"{torch.get_num_threads()} threads, torch {torch.__version__}, "
              f"{time.strftime('%Y-%m-%d')}). Median of the rounds; epoch and protocol times "
              "are projected from the measured images/s (240 + 240 + 240 epochs at the "
@@ -159,6 +175,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=2048)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
     parser.add_argument("--pairs", default="resnet56:resnet20,resnet32x4:resnet8x4")
     parser.add_argument("--kdistill", nargs="*", default=[], metavar="key=value")
     parser.add_argument("--out", type=Path, default=RESULTS)
@@ -183,8 +200,8 @@ def main() -> None:
     command = "python benchmarks/cifar_speed.py " + " ".join(sys.argv[1:])
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps({"command": command, **results}, indent=2))
-    (args.out / "table.md").write_text(table(results, command))
-    print(table(results, command))
+    (args.out / "table.md").write_text(table(results, command, args.device))
+    print(table(results, command, args.device))
 
 
 if __name__ == "__main__":
