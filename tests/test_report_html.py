@@ -355,3 +355,23 @@ def test_every_help_has_examples(capsys):
         assert exit_.value.code == 0
         examples = capsys.readouterr().out.partition("examples:")[2]
         assert f"kdistill {command[0]}" in examples, f"`kdistill {' '.join(command)} --help` has no examples"
+
+
+def test_runs_tells_a_killed_run_from_one_still_writing(run_dir, tmp_path, capsys):
+    import fcntl
+
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    killed = tmp_path / "killed"
+    killed.mkdir()
+    (killed / "metrics.json").write_text(json.dumps({**metrics, "status": "running"}))
+    (killed / ".lock").touch()  # left behind by a process that died (kill -9)
+    assert main(["runs", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[1].split()[:2] == [str(killed), "stopped"]
+    assert "continue with: kdistill run --resume RUN" in out
+    with open(killed / ".lock", "a+") as held:  # a live writer holds the lock, as `run` does
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        assert main(["runs", str(tmp_path)]) == 0
+        out = capsys.readouterr().out
+    assert out.splitlines()[1].split()[:2] == [str(killed), "running"]
+    assert "--resume" not in out

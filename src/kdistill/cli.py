@@ -116,6 +116,8 @@ def _cmd_runs(directory: Path | None) -> int:
         raise not_a_run(directory, "not a directory")
     summaries = list_runs(directory)
     print(runs_table(summaries) if summaries else f"no runs in {directory}")
+    if any(s["status"] in ("stopped", "interrupted") for s in summaries):
+        print("stopped or interrupted runs continue with: kdistill run --resume RUN")
     return 0
 
 

@@ -20,7 +20,7 @@ from .errors import KdistillError
 from .files import atomic_write_text
 from .report_html import markdown_to_html, render_html  # noqa: F401 (markdown_to_html: kept here)
 from .roles import LABELS, ROLES
-from .runfiles import read_metrics
+from .runfiles import read_metrics, writer_alive
 
 # What the seed spec (seed-README.md) published, to set beside our numbers.
 SPEC = {
@@ -300,7 +300,10 @@ def run_summary(run_dir: Path) -> dict:
         return {"run": str(run_dir), "status": "unreadable"}
     models = metrics.get("models", {})
     accuracy = {role: models.get(role, {}).get("test_accuracy") for role in ROLES}
-    return {"run": str(run_dir), "status": metrics.get("status", "?"), **accuracy,
+    status = metrics.get("status", "?")
+    if status == "running" and not writer_alive(run_dir):
+        status = "stopped"  # no process is writing it: resume with kdistill run --resume
+    return {"run": str(run_dir), "status": status, **accuracy,
             "gain": metrics.get("distill", {}).get("gain_over_control"),
             "seconds": metrics.get("timings", {}).get("total_seconds")}
 

@@ -7,6 +7,7 @@ anything is imported unless the user says they trust it (``--trust-code``, ``tru
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 from pathlib import Path
@@ -135,3 +136,19 @@ def read_config(run_dir: str | Path, trust_code: bool = False) -> RunConfig:
     path = run_dir / "config.yaml"
     _read_capped(path, MAX_CONFIG_BYTES, run_dir)  # size and presence, before parsing
     return check_trusted(validate(file_dict(path)), str(path), trust_code)
+
+
+def writer_alive(run_dir: Path) -> bool:
+    """Whether a kdistill process holds ``run_dir``'s lock, i.e. is writing the run now (a run
+    whose ``metrics.json`` says ``running`` without one was killed: kill -9, a closed terminal)."""
+    lock = run_dir / ".lock"
+    if lock.is_symlink() or not lock.is_file():
+        return False
+    try:
+        with open(lock, "rb") as handle:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    return False
