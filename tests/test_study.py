@@ -39,6 +39,10 @@ def test_compare_pairs_each_seed_with_one_control(idx_dir, tmp_path):
         assert runs[hinton, seed]["config"]["distill"]["temperature"] == 4
         assert runs[hinton, seed]["models"]["teacher"]["test_accuracy"] == \
             runs[kl, seed]["models"]["teacher"]["test_accuracy"]
+        # ... found in the teacher cache, which the first one filled
+        assert runs[hinton, seed]["models"]["teacher"]["from_cache"] is True
+        assert runs[hinton, seed]["models"]["teacher"]["cache_key"] == \
+            runs[kl, seed]["models"]["teacher"]["cache_key"]
 
     saved = json.loads((out / "compare.json").read_text())
     assert saved["summary"] == json.loads(json.dumps(rows))

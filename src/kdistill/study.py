@@ -123,22 +123,19 @@ def _run_group(config: Config, base: list[str], points: list[tuple[list[tuple[st
                control: bool, verbose: bool, say: Progress, label: str,
                trust_code: bool = False) -> list[dict]:
     """Run points in order; the first of each recipe trains the teacher (and the control);
-    the rest reuse that teacher's weights and are paired with that control."""
+    the rest are paired with that control, and find that teacher in the teacher cache (the same
+    recipe gives the same cache key), the one way kdistill reuses a trained model."""
     shared: dict[tuple, dict] = {}
     results = []
     for i, (pairs, out_dir) in enumerate(points, 1):
         overrides = [*base, *(f"{k}={v}" for k, v in pairs)]
         first = shared.get(_recipe(pairs))
-        if first is None:
-            overrides.append(f"control={'true' if control else 'false'}")
-        else:
-            overrides += ["control=false", f"teacher.weights={first['teacher_weights']}"]
+        overrides.append(f"control={'true' if control and first is None else 'false'}")
         t = time.perf_counter()
         metrics = _run_point(config, out_dir, overrides, verbose, trust_code)
-        if first is None:  # the teacher's copy in the run, never a path read from metrics.json
-            first = shared[_recipe(pairs)] = {
-                "teacher_weights": str((out_dir / "teacher.safetensors").resolve()),
-                "control": _accuracy(metrics, "control"), "control_run": str(out_dir)}
+        if first is None:
+            first = shared[_recipe(pairs)] = {"control": _accuracy(metrics, "control"),
+                                              "control_run": str(out_dir)}
         row = {"run_dir": str(out_dir), "teacher": _accuracy(metrics, "teacher"),
                "student": _accuracy(metrics, "student"), "control": first["control"],
                "control_run": first["control_run"] if first["control"] is not None else None,
