@@ -93,8 +93,8 @@ class Experiment:
         cfg = self.cfg
         augment = cfg.data.augment()
         views = augment.views
-        plan = self.metrics.get("teacher_logits") or teacher_plan(  # a resumed run keeps its plan
-            cfg, augment, len(self.train), self.dataset.num_classes)
+        # a function of the config and the data alone: a resumed run makes the same choice
+        plan = teacher_plan(cfg, augment, len(self.train), self.dataset.num_classes)
         self.metrics["teacher_logits"] = plan
         self.log.say(f"teacher  {'precomputed' if plan['precomputed'] else 'live'}: "
                      f"{plan['why']}")
