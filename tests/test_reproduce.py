@@ -198,3 +198,22 @@ def test_teachers_come_from_the_teacher_cache_not_the_output_directory(tmp_path,
 def test_each_setting_is_checked_by_its_field(setting, match):
     with pytest.raises(KdistillError, match=re.escape(match)):
         with_overrides(FULL, [setting])
+
+
+@pytest.mark.parametrize("text, why", [
+    ("{not json", "not readable JSON"),
+    ("[1, 2]", "no recipe"),
+    ('{"recipe": {}, "models": {"student": {"errors": "os.system"}}}', "models: "),
+    ('{"recipe": {}, "models": []}', "models: "),
+])
+def test_a_corrupt_measurements_file_is_one_line_and_exit_2(text, why, tmp_path):
+    out = tmp_path / "o"
+    (out / "seed-0").mkdir(parents=True)
+    (out / "seed-0" / "measurements.json").write_text(text)
+    result = kdistill("reproduce", "hinton-mnist", "--out", str(out), *TINY_SETTINGS)
+    assert result.returncode == 2, result.stderr
+    *progress, error = result.stderr.strip().splitlines()  # the progress line, then the error
+    assert len(progress) == 1 and progress[0].startswith("hinton-mnist: 1 seed(s)")
+    assert error.startswith("kdistill: error:") and "is not a reproduction's measurements" in error
+    assert why in error
+    assert (out / "seed-0" / "measurements.json").read_text() == text  # nothing overwritten

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+from pydantic import TypeAdapter, ValidationError
 
 from . import __version__
 from .data import load_dataset
@@ -95,6 +96,33 @@ def choose_offset(logits: torch.Tensor, labels: torch.Tensor, classes: list[int]
 
 # ---------------------------------------------------------------- one seed
 
+# what a seed's measurements.json holds: the recipe, and each model's numbers by name
+_MEASUREMENTS = TypeAdapter(dict[str, dict[str, float | int]])
+MAX_MEASUREMENTS_BYTES = 2**20  # a few kB in practice
+
+
+def _read_measurements(path: Path) -> dict:
+    """A seed's saved ``measurements.json`` (the resume state of an unfinished reproduction),
+    or one line saying it is not one: the recipe and, per model, numbers only."""
+    def refuse(why: str) -> KdistillError:
+        return KdistillError(f"{path} is not a reproduction's measurements ({why})",
+                             "use another --out, or delete that seed directory to redo it")
+
+    if path.is_symlink() or path.stat().st_size > MAX_MEASUREMENTS_BYTES:
+        raise refuse("a link, or larger than 1 MiB")
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise refuse(f"not readable JSON: {exc}") from None
+    if not isinstance(saved, dict) or not isinstance(saved.get("recipe"), dict):
+        raise refuse("no recipe")
+    try:
+        _MEASUREMENTS.validate_python(saved.get("models"), strict=True)
+    except ValidationError as exc:
+        raise refuse(f"models: {exc.errors()[0]['msg'].lower()}") from None
+    return saved
+
+
 @dataclass
 class Setup:
     """What every seed of one reproduction shares: its recipe, splits, device, teacher cache
@@ -120,8 +148,8 @@ class _Seed:
         self.settings = settings(setup.recipe)
         self.done: dict[str, dict] = {}
         if self.file.is_file():
-            saved = json.loads(self.file.read_text())
-            if saved.get("recipe") != self.settings:
+            saved = _read_measurements(self.file)
+            if saved["recipe"] != self.settings:
                 raise KdistillError(f"{directory} holds a reproduction with other settings",
                                     "use another --out, or the same --quick as before")
             self.done = saved["models"]
