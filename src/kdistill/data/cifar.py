@@ -92,11 +92,7 @@ ARCHIVES: dict[str, CifarArchive] = {
 
 
 def _spec(name: str) -> CifarArchive:
-    try:
-        return ARCHIVES[name]
-    except KeyError:
-        raise DataError(f"unknown CIFAR dataset {name!r}",
-                        f"choose one of: {', '.join(ARCHIVES)}") from None
+    return sources.lookup(ARCHIVES, name, "CIFAR dataset")
 
 
 def archive_path(name: str, root: str | Path | None = None) -> Path:

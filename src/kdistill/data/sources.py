@@ -17,14 +17,17 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Mapping, TypeVar
 
 import numpy as np
 import platformdirs
 
 from ..errors import DataError
 from ..files import atomic_write_bytes, atomic_write_json, sha256_bytes
+from ..suggest import hint
 from .idx import encode_idx, parse_idx
+
+T = TypeVar("T")
 
 ROLES = ("train_images", "train_labels", "test_images", "test_labels")
 DOWNLOAD_TIMEOUT_S = 10.0
@@ -297,9 +300,14 @@ def provenance(name: str, root: str | Path | None = None) -> dict:
     return info if isinstance(info, dict) else {}
 
 
-def get_source(name: str) -> DatasetSource:
+def lookup(registry: Mapping[str, T], name: str, what: str) -> T:
+    """``registry[name]``, or one line naming the choices (led by the closest one)."""
     try:
-        return SOURCES[name]
+        return registry[name]
     except KeyError:
-        raise DataError(f"unknown dataset {name!r}",
-                        f"choose one of: {', '.join(SOURCES)}") from None
+        raise DataError(f"unknown {what} {name!r}",
+                        hint(name, registry, f"choose one of: {', '.join(registry)}")) from None
+
+
+def get_source(name: str) -> DatasetSource:
+    return lookup(SOURCES, name, "dataset")
