@@ -200,12 +200,12 @@ def temperature_figure(series: dict[str, dict[float, tuple[float, float]]],
     return fig
 
 
-def png_bytes(fig: Figure) -> bytes:
-    """A figure as PNG bytes, reproducibly: no timestamp or version inside, so the same
-    metrics give the same bytes."""
+def write_png(path: Path, fig: Figure) -> None:
+    """``fig`` written to ``path`` as a PNG, atomically and reproducibly: no timestamp or
+    version inside, so the same metrics give the same bytes."""
     buffer = BytesIO()
     fig.savefig(buffer, format="png", metadata={"Software": None})
-    return buffer.getvalue()
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 FIGURES = {"accuracy": accuracy_figure, "tradeoff": tradeoff_figure, "confusion": confusion_figure}
@@ -226,7 +226,7 @@ def write_plots(run_dir: str | Path, metrics: dict) -> dict[str, str]:
         if fig is None:
             path.unlink(missing_ok=True)
             continue
-        atomic_write_bytes(path, png_bytes(fig))
+        write_png(path, fig)
         written[name] = f"{PLOT_DIR}/{name}.png"
     return written
 

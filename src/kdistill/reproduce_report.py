@@ -8,8 +8,8 @@ import csv
 import io
 from pathlib import Path
 
-from .files import atomic_write_bytes, atomic_write_json, atomic_write_text
-from .plots import png_bytes, temperature_figure
+from .files import atomic_write_json, atomic_write_text
+from .plots import temperature_figure, write_png
 from .reproduce_recipe import Recipe
 from .stats import mean_std
 from .study_report import machine
@@ -221,7 +221,7 @@ def write_results(out_dir: Path, results: dict) -> None:
         {s: {float(t): (p["mean"], p["std"]) for t, p in v["distilled"].items()}
          for s, v in study.items()},
         {s: v["labels_only"]["mean"] for s, v in study.items()})
-    atomic_write_bytes(out_dir / results["plot"], png_bytes(fig))
+    write_png(out_dir / results["plot"], fig)
     atomic_write_json(out_dir / "results.json", results)
     atomic_write_text(out_dir / "table.md", table_markdown(results))
     atomic_write_text(out_dir / "table.csv", table_csv(results))

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .files import atomic_write_bytes, atomic_write_json, atomic_write_text
+from .files import atomic_write_json, atomic_write_text
 from .report import num, pct
 from .runfiles import RunDirError, read_metrics
 from .stats import mean_std, paired_test
@@ -106,9 +106,9 @@ def _csv(rows: list[dict]) -> str:
 
 
 def _write_png(path: Path, fig) -> None:
-    from .plots import png_bytes  # matplotlib only when a study is written
+    from .plots import write_png  # matplotlib only when a study is written
 
-    atomic_write_bytes(path, png_bytes(fig))
+    write_png(path, fig)
 
 
 def write_compare(out_dir: Path, summary: list[dict], runs: list[list[dict]], base_seed: int,
