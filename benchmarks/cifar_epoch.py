@@ -44,9 +44,9 @@ import torch
 import kdistill
 from kdistill.data.augment import Augment
 from kdistill.engine import Distiller, Images, fit, predict_logits
-from kdistill.files import atomic_write_json, atomic_write_text
 from kdistill.models.fold import inference_teacher
 from kdistill.pipeline import environment
+from results_files import write_results
 
 N_IMAGES, BATCH, CLASSES, EPOCHS = 50_000, 64, 100, 240
 STEPS_PER_EPOCH = math.ceil(N_IMAGES / BATCH)  # 782: the last batch holds 16 images
@@ -239,12 +239,8 @@ def main() -> None:
             "machine": environment(), "cpu_flags": cpu_flags(), "steps": args.steps,
             "warmup": args.warmup, "repeats": args.repeats, "batch_size": BATCH,
             "steps_per_epoch": STEPS_PER_EPOCH, "epochs_per_role": EPOCHS}
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    table = markdown(meta, rows, plans)
-    atomic_write_json(out / "results.json", {**meta, "rows": rows, "protocol": plans})
-    atomic_write_text(out / "table.md", table)
-    print(table)
+    write_results(Path(args.out), {**meta, "rows": rows, "protocol": plans},
+                  markdown(meta, rows, plans))
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from results_files import write_results
 
 RESULTS = Path(__file__).parent / "results" / "cifar-speed"
 MEAN, STD = (0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)
@@ -198,10 +199,7 @@ def main() -> None:
             teacher, student = pair.split(":")
             results[f"{student} ← {teacher}"] = {s: summarise(r) for s, r in runs.items()}
     command = "python benchmarks/cifar_speed.py " + " ".join(sys.argv[1:])
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps({"command": command, **results}, indent=2))
-    (args.out / "table.md").write_text(table(results, command, args.device))
-    print(table(results, command, args.device))
+    write_results(args.out, {"command": command, **results}, table(results, command, args.device))
 
 
 if __name__ == "__main__":
