@@ -17,11 +17,15 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture(autouse=True, scope="session")
 def _offline_and_isolated(tmp_path_factory):
     """No test reaches the network unless it says so; real data is fetched once per session
-    into a fresh root (set before any other fixture runs, subprocesses inherit it)."""
-    root = tmp_path_factory.getbasetemp() / "data-cache"
-    root.mkdir(exist_ok=True)
-    saved = {k: os.environ.get(k) for k in ("KDISTILL_OFFLINE", "KDISTILL_DATA")}
-    os.environ.update(KDISTILL_OFFLINE="1", KDISTILL_DATA=str(root))
+    into a fresh root, and no test reads or fills the user's teacher cache: module-scoped
+    fixtures, set up before ``_own_teacher_cache``, get a fresh session cache (a teacher cached
+    by other code or on another CPU would not be the one the test trains). Set before any other
+    fixture runs; subprocesses inherit it."""
+    base = tmp_path_factory.getbasetemp()
+    (base / "data-cache").mkdir(exist_ok=True)
+    saved = {k: os.environ.get(k) for k in ("KDISTILL_OFFLINE", "KDISTILL_DATA", "KDISTILL_CACHE")}
+    os.environ.update(KDISTILL_OFFLINE="1", KDISTILL_DATA=str(base / "data-cache"),
+                      KDISTILL_CACHE=str(base / "session-teacher-cache"))
     yield
     for key, value in saved.items():
         if value is None:
@@ -72,3 +76,26 @@ def kdistill(*args: str, env: dict | None = None, cwd: Path | None = None) -> su
     """Run the real console entry point in a subprocess and capture its output."""
     return subprocess.run([sys.executable, "-m", "kdistill", *args], capture_output=True,
                           text=True, env=env, cwd=cwd, timeout=600)
+
+
+def assert_same_file(a: Path, b: Path, what: str = "") -> None:
+    """``a`` and ``b`` hold the same bytes. A mismatch of weight files names the tensors that
+    differ and by how much, instead of pytest diffing the raw bytes (hundreds of KB through
+    difflib: minutes on a slow machine, and no clue which tensor moved)."""
+    if a.read_bytes() == b.read_bytes():
+        return
+    detail = ""
+    if a.suffix == ".safetensors":
+        from safetensors import safe_open
+        from safetensors.torch import load_file
+
+        x, y = load_file(a), load_file(b)
+        moved = sorted(k for k in x.keys() & y.keys()
+                       if x[k].shape != y[k].shape or not x[k].equal(y[k]))
+        worst = {k: float((x[k].double() - y[k].double()).abs().max()) for k in moved
+                 if x[k].shape == y[k].shape}
+        with safe_open(a, "pt") as fa, safe_open(b, "pt") as fb:
+            same_meta = fa.metadata() == fb.metadata()
+        detail = (f": tensors only in one {sorted(x.keys() ^ y.keys())}, differing {moved} "
+                  f"(largest |difference| {worst}), metadata {'same' if same_meta else 'differs'}")
+    pytest.fail(f"{what or a.name}: {a} and {b} differ{detail}")

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from conftest import QUICK, kdistill
+from conftest import QUICK, assert_same_file, kdistill
 
 
 def _env(**extra):
@@ -47,8 +47,7 @@ def test_same_seed_same_metrics(idx_dir, tmp_path):
         m = json.loads((tmp_path / name / "metrics.json").read_text())["models"]
         accs.append({r: (m[r]["test_accuracy"], m[r]["test_loss"]) for r in m})
     assert accs[0] == accs[1]
-    assert (tmp_path / "a" / "student.safetensors").read_bytes() == \
-        (tmp_path / "b" / "student.safetensors").read_bytes()
+    assert_same_file(tmp_path / "a" / "student.safetensors", tmp_path / "b" / "student.safetensors")
 
 
 def test_print_config_resolves_every_key_and_runs_nothing(tmp_path):

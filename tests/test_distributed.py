@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import kdistill
+from conftest import assert_same_file, kdistill
 
 ARGS = ["--quiet", "data.train_subset=6000", "teacher.epochs=2", "student.epochs=1",
         "bench.enabled=false"]
@@ -37,6 +37,10 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     for name, (nproc, overrides) in variants.items():
         result = kdistill("run", "--nproc", nproc, "--out", str(base / name), *ARGS, *overrides)
         assert result.returncode == 0, result.stderr[-2000:]
+        # trained here, by this code on this CPU: the bitwise comparisons below mean nothing
+        # against a teacher some other run left in a cache
+        teacher = json.loads((base / name / "metrics.json").read_text())["models"]["teacher"]
+        assert teacher["from_cache"] is False, name
     return {name: base / name for name in variants}
 
 
@@ -81,8 +85,8 @@ def test_two_processes_compute_bitwise_what_two_micro_batches_compute(runs):
     every trained model is bitwise the same (and differs from the 2-thread run's only by float
     summation order)."""
     for role in ROLES:
-        assert (runs["2"] / f"{role}.safetensors").read_bytes() == \
-            (runs["1x2"] / f"{role}.safetensors").read_bytes(), role
+        assert_same_file(runs["2"] / f"{role}.safetensors", runs["1x2"] / f"{role}.safetensors",
+                         role)
 
 
 def test_killed_two_process_run_resumes(runs, tmp_path):
@@ -106,8 +110,7 @@ def test_killed_two_process_run_resumes(runs, tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert json.loads((out / "metrics.json").read_text())["status"] == "complete"
     for role in ROLES:
-        assert (out / f"{role}.safetensors").read_bytes() == \
-            (runs["2"] / f"{role}.safetensors").read_bytes(), role
+        assert_same_file(out / f"{role}.safetensors", runs["2"] / f"{role}.safetensors", role)
 
 
 def test_feature_objective_runs_in_two_processes_like_in_one(idx_dir, tmp_path):

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import assert_same_file
 from kdistill.cli import main
 
 ARGS = ["--quiet", "data.train_subset=4000", "teacher.epochs=2", "student.epochs=2",
@@ -71,8 +72,7 @@ def test_interrupted_run_resumes_bitwise(reference, tmp_path, sig, phase):
             f"(resume with: kdistill run --resume {out})"]
     assert main(["run", "--quiet", "--resume", str(out)]) == 0
     for role in ROLES:
-        assert (out / f"{role}.safetensors").read_bytes() == \
-            (reference / f"{role}.safetensors").read_bytes(), role
+        assert_same_file(out / f"{role}.safetensors", reference / f"{role}.safetensors", role)
     assert _comparable(out) == _comparable(reference)
     lines = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
     assert [(x["phase"], x["epoch"]) for x in lines] == [(r, e) for r in ROLES for e in (1, 2)]
@@ -92,8 +92,7 @@ def test_a_locked_run_directory_is_refused(reference, tmp_path, capsys):
 
 def _same_models(out: Path, reference: Path) -> None:
     for role in ROLES:
-        assert (out / f"{role}.safetensors").read_bytes() == \
-            (reference / f"{role}.safetensors").read_bytes(), role
+        assert_same_file(out / f"{role}.safetensors", reference / f"{role}.safetensors", role)
     assert _comparable(out) == _comparable(reference)
 
 

@@ -10,7 +10,7 @@ from kdistill.models import Ensemble
 from kdistill.pipeline import run
 from kdistill.teacher_cache import cache_root
 
-from conftest import QUICK
+from conftest import QUICK, assert_same_file
 
 
 def _metrics(path):
@@ -23,8 +23,7 @@ def test_second_run_takes_the_teacher_from_the_cache(idx_dir, tmp_path):
     second = run(out=tmp_path / "b", overrides=args, quiet=True).metrics["models"]
     assert first["teacher"]["from_cache"] is False and second["teacher"]["from_cache"] is True
     assert second["teacher"]["train_seconds"] == 0
-    assert (tmp_path / "b" / "teacher.safetensors").read_bytes() == \
-        (tmp_path / "a" / "teacher.safetensors").read_bytes()
+    assert_same_file(tmp_path / "b" / "teacher.safetensors", tmp_path / "a" / "teacher.safetensors")
     for role in ("teacher", "student", "control"):  # cached logits too: the same run exactly
         assert second[role]["test_accuracy"] == first[role]["test_accuracy"]
     entry = cache_root() / first["teacher"]["cache_key"]
