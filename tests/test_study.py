@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shlex
 
 import numpy as np
 import pytest
@@ -65,6 +66,17 @@ def test_compare_pairs_each_seed_with_one_control(idx_dir, tmp_path):
     assert float(table[1]["gain_mean"]) == pytest.approx(rows[1]["gain_mean"])
     md = (out / "compare.md").read_text()
     assert "| objective | seeds |" in md and "`distill.loss=kl`" in md
+
+
+def test_compare_table_states_a_command_that_runs_again(idx_dir, tmp_path, capsys):
+    """Objectives are quoted strings with spaces: the recorded command keeps the quotes."""
+    out = tmp_path / "cmp"
+    argv = ["compare", "--quiet", "--seeds", "1", "--out", str(out), f"data.name={idx_dir}", *TINY,
+            "--objectives", *OBJECTIVES]
+    assert main(argv) == 0
+    command = json.loads((out / "compare.json").read_text())["command"]
+    assert shlex.split(command) == ["kdistill", *argv]
+    assert f"`{command}`" in (out / "compare.md").read_text()
 
 
 def test_compare_continues_a_stopped_study(idx_dir, tmp_path):

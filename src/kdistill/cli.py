@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -139,7 +140,7 @@ def _cmd_study(args: argparse.Namespace, argv: list[str]) -> int:
         say = None if args.quiet or not main_rank else (
             lambda line: print(line, file=sys.stderr, flush=True))
         config = _source(args)
-        command = " ".join(["kdistill", *argv])
+        command = shlex.join(["kdistill", *argv])
         if args.command == "compare":
             rows = study.compare(args.objectives, config, args.out, seeds=args.seeds,
                                  overrides=overrides, verbose=args.verbose, progress=say,
@@ -164,7 +165,7 @@ def _cmd_reproduce(args: argparse.Namespace, argv: list[str]) -> int:
     results = reproduce(args.experiment, args.out, quick=args.quick, seeds=args.seeds,
                         recipe=recipe, device=args.device, data_root=args.data_root, progress=say,
                         show_bars=False if args.quiet else None,
-                        command=" ".join(["kdistill", *argv]),
+                        command=shlex.join(["kdistill", *argv]),
                         retrain_teacher=args.retrain_teacher)
     print((Path(results["out_dir"]) / "table.md").read_text(), end="")
     return 0
