@@ -238,6 +238,12 @@ def test_old_preset_names_work_with_a_note(old, new, capsys):
     assert capsys.readouterr().err == ""
 
 
+def test_old_preset_note_is_printed_by_one_torchrun_process(monkeypatch, capsys):
+    monkeypatch.setenv("RANK", "1")
+    assert main(["run", "--preset", "seed", "--print-config"]) == 0
+    assert capsys.readouterr().err == ""
+
+
 @pytest.mark.parametrize("command", [["report"], ["bench"], ["export"], ["run", "--resume"],
                                      ["runs"]])  # export: ONNX without --onnx
 @pytest.mark.parametrize("kind", ["missing", "no metrics.json"])

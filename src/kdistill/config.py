@@ -5,6 +5,7 @@ Every key is checked: an unknown key or a bad value is a :class:`ConfigError` na
 from __future__ import annotations
 
 import copy
+import os
 import reprlib
 import sys
 from importlib import resources
@@ -249,8 +250,9 @@ def _read_yaml(text: str, origin: str) -> dict[str, Any]:
 def preset_dict(name: str) -> dict[str, Any]:
     presets = list_presets()
     if name in PRESET_ALIASES:
-        print(f"kdistill: note: preset {name!r} is now {PRESET_ALIASES[name]!r} (the old name "
-              "goes in a later release)", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # once, not once per torchrun process
+            print(f"kdistill: note: preset {name!r} is now {PRESET_ALIASES[name]!r} (the old "
+                  "name goes in a later release)", file=sys.stderr)
         name = PRESET_ALIASES[name]
     if name not in presets:
         raise ConfigError(f"unknown preset {name!r}",
