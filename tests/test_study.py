@@ -76,7 +76,8 @@ def test_compare_table_states_a_command_that_runs_again(idx_dir, tmp_path, capsy
     assert main(argv) == 0
     command = json.loads((out / "compare.json").read_text())["command"]
     assert shlex.split(command) == ["kdistill", *argv]
-    assert f"`{command}`" in (out / "compare.md").read_text()
+    md = (out / "compare.md").read_text()
+    assert md.startswith("# Compare: 2 objectives × 1 seed (seed 0)\n") and f"`{command}`" in md
 
 
 def test_compare_continues_a_stopped_study(idx_dir, tmp_path):

@@ -111,6 +111,10 @@ def _write_png(path: Path, fig) -> None:
     write_png(path, fig)
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
 def write_compare(out_dir: Path, summary: list[dict], runs: list[list[dict]], base_seed: int,
                   seeds: int, command: str | None = None) -> None:
     """``compare.{csv,md,json,png}`` into ``out_dir``; ``command`` is the one that ran it."""
@@ -118,8 +122,9 @@ def write_compare(out_dir: Path, summary: list[dict], runs: list[list[dict]], ba
     about = provenance(runs[0][0]["run_dir"], command)
     atomic_write_text(out_dir / "compare.csv", _csv(summary))
     atomic_write_text(out_dir / "compare.md",
-                      f"# Compare: {len(summary)} objectives × {seeds} seeds "
-                      f"(seeds {base_seed}–{base_seed + seeds - 1})\n\n" + _stated(about) +
+                      f"# Compare: {_count(len(summary), 'objective')} × {_count(seeds, 'seed')} "
+                      + (f"(seeds {base_seed}–{base_seed + seeds - 1})" if seeds > 1
+                         else f"(seed {base_seed})") + "\n\n" + _stated(about) +
                       "Accuracies are mean ± sample std over seeds; gain is the mean paired "
                       "difference student − control (same seed), with a paired t-test.\n\n"
                       + compare_markdown(summary))
