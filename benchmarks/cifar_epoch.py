@@ -11,8 +11,8 @@ batch 64, pad-4 random crop + flip, CIFAR-100 mean/std, 100 random classes):
 - distill: resnet8x4 against a frozen resnet32x4 run live on every batch (hinton, T=4, α=0.9);
 - control: resnet8x4 alone, cross-entropy;
 - views: resnet32x4 in eval mode as a run computes its logits (BatchNorm folded when
-  channels-last), batches of 256: the pass that computes its logits on
-  every view of the training set (162 passes for pad-4 crops and flips);
+  channels-last), in a run's evaluation batches (64 on a CPU): the pass that computes its
+  logits on every view of the training set (162 passes for pad-4 crops and flips);
 - table: resnet8x4 distilled from such a table of logits (looked up per image and view).
 Variants: fp32 or bf16 autocast of the forward (fit's `precision`), with the models in NCHW or
 in channels_last (`-cl`: the models are converted with `.to(memory_format=channels_last)`;
@@ -44,6 +44,7 @@ import torch
 import kdistill
 from kdistill.data.augment import Augment
 from kdistill.engine import Distiller, Images, fit, predict_logits
+from kdistill.evaluation import eval_batch_size
 from kdistill.models.fold import inference_teacher
 from kdistill.pipeline import environment
 from results_files import write_results
@@ -94,16 +95,16 @@ def build(role: str, channels_last: bool, images: int) -> Distiller:
 
 
 def view_seconds(variant: str, data: Images, warmup: int, steps: int) -> float:
-    """Seconds per 64 images of the teacher's table pass: resnet32x4 as a run runs it,
-    batches of 256, as a run computes its logits on every view."""
+    """Seconds per 64 images of the teacher's table pass: resnet32x4 as a run runs it, in the
+    batches a run computes its logits on every view with (``eval_batch_size``'s default)."""
     precision, channels_last = VARIANTS[variant]
     model = build("teacher", channels_last, 0).student
     teacher = inference_teacher(model.eval())
     if warmup:
-        predict_logits(teacher, data.subset(slice(0, warmup * BATCH)), 256, precision)
+        predict_logits(teacher, data.subset(slice(0, warmup * BATCH)), None, precision)
     timed = data.subset(slice(warmup * BATCH, (warmup + steps) * BATCH))
     start = time.perf_counter()
-    predict_logits(teacher, timed, 256, precision)
+    predict_logits(teacher, timed, None, precision)
     return (time.perf_counter() - start) / steps
 
 
@@ -187,7 +188,8 @@ def markdown(meta: dict, rows: list[dict], plans: list[dict]) -> str:
         model = r["student"] + (f" ← {r['teacher']} ({'table' if r['role'] == 'table' else 'live'})"
                                 if r["teacher"] else "")
         if r["role"] == "views":
-            model += " inference, batch 256 (per 64 images)"
+            batch = eval_batch_size(torch.device("cpu"))
+            model += f" inference, batch {batch} (per 64 images)"
         lines.append(f"| {r['role']} | {model} | {r['variant']} | {r['seconds_per_step']:.3f} | "
                      f"{r['images_per_s']:.0f} | {r['projected_seconds_per_epoch']:.0f} | "
                      f"{r['projected_seconds_per_epoch'] / 60:.1f} |")

@@ -118,3 +118,35 @@ def test_rows_matches_indexing():
     for index in (torch.randperm(50)[:17], torch.randperm(50, dtype=torch.int32)[:5],
                   torch.arange(50) % 3 == 0, slice(4, 9), torch.tensor([2, 2, 7])):
         assert torch.equal(rows(images, index), images[index])
+
+
+class _Sizes(nn.Module):
+    """Records the batch sizes it is called with."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear, self.seen = nn.Linear(4, 3), []
+
+    def forward(self, x):
+        self.seen.append(len(x))
+        return self.linear(x.flatten(1))
+
+
+def test_forward_passes_default_to_cpu_sized_batches():
+    """Without a batch size, logits and evaluation take 64 at a time on a CPU (faster per image
+    there than 256); an explicit size (the config's eval_batch_size) wins."""
+    data = Images(torch.zeros(150, 1, 2, 2, dtype=torch.uint8), torch.zeros(150, dtype=torch.long))
+    model = _Sizes()
+    predict_logits(model, data)
+    evaluate(model, data)
+    assert model.seen == [64, 64, 22] * 2
+    model.seen.clear()
+    predict_logits(model, data, batch_size=256)
+    assert model.seen == [150]
+
+
+def test_eval_batch_size_config_defaults_by_device():
+    from kdistill.config import load_config
+
+    assert load_config().eval_batch_size is None
+    assert load_config(overrides=["eval_batch_size=32"]).eval_batch_size == 32
