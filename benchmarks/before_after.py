@@ -21,7 +21,7 @@ from datetime import date
 from pathlib import Path
 
 from kdistill.pipeline import environment
-from results_files import write_results
+from results_files import stated, write_results
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -65,10 +65,8 @@ def main() -> None:
                "date": date.today().isoformat(), "env": environment(), "before": args.before,
                "run_args": args.run_args, "seconds": times, "median_seconds": medians,
                "after_over_before": medians["after"] / medians["before"]}
-    env = results["env"]
     table = "\n".join([
-        f"`{results['command']}` ({env['cpu']}, {env['threads']} threads, torch {env['torch']}, "
-        f"{results['date']}). `kdistill run {' '.join(args.run_args)} bench.enabled=false`, "
+        stated(results) + f"`kdistill run {' '.join(args.run_args)} bench.enabled=false`, "
         "teacher trained (empty cache), each run a fresh process, sides alternating.", "",
         "| code | runs (s) | median (s) |", "|---|---|---:|",
         *[f"| {side}{' (' + args.before + ')' if side == 'before' else ' (this tree)'} | "

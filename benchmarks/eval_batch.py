@@ -24,7 +24,7 @@ from kdistill.engine import Images, predict_logits
 from kdistill.models import create_model
 from kdistill.models.fold import inference_teacher
 from kdistill.pipeline import environment
-from results_files import write_results
+from results_files import stated, write_results
 
 RESULTS = Path(__file__).parent / "results" / "eval-batch"
 BATCHES = (64, 128, 256)
@@ -51,9 +51,7 @@ def measure(model_name: str, variant: str, data: Images, repeats: int) -> list[d
 
 
 def table(results: dict) -> str:
-    env = results["env"]
-    lines = [f"`{results['command']}` ({env['cpu']}, {env['threads']} threads, torch "
-             f"{env['torch']}, {results['date']}). {results['images']} images per pass; medians "
+    lines = [stated(results) + f"{results['images']} images per pass; medians "
              f"of {results['repeats']} repeats after one untimed round, batch sizes alternating.",
              "", "| teacher | variant | batch | ms / 64 images | × batch 256 |",
              "|---|---|---:|---:|---:|"]

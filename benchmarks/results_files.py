@@ -13,3 +13,11 @@ def write_results(out: Path, results: dict, table: str) -> None:
     atomic_write_json(out / "results.json", results)
     atomic_write_text(out / "table.md", table)
     print(table)
+
+
+def stated(results: dict) -> str:
+    """What heads a table: ``\`command\` (machine, threads, torch, date). `` from ``results``'
+    ``command``, ``env`` (:func:`kdistill.pipeline.environment`) and ``date``."""
+    env = results["env"]
+    return (f"`{results['command']}` ({env['cpu']}, {env['threads']} threads, torch "
+            f"{env['torch']}, {results['date']}). ")

@@ -27,7 +27,7 @@ from datetime import date
 from pathlib import Path
 
 from kdistill.pipeline import environment
-from results_files import write_results
+from results_files import stated, write_results
 
 RESULTS = Path(__file__).parent / "results" / "speedup-accuracy"
 ROLES = ("teacher", "student", "control")
@@ -63,9 +63,7 @@ def summary(values: list[float]) -> dict:
 def table(results: dict) -> str:
     """The two settings side by side, with each seed's paired difference (same seed, same
     teacher): a mean difference inside the seeds' spread can still lean one way every time."""
-    env = results["env"]
-    lines = [f"`{results['command']}` ({env['cpu']}, {env['threads']} threads, torch "
-             f"{env['torch']}, {results['date']}). Last-epoch test accuracy (%), "
+    lines = [stated(results) + "Last-epoch test accuracy (%), "
              f"{len(results['seeds'])} seeds: mean ± sample std [min–max]; the teacher is the "
              "same in both settings.", "",
              "| model | without (fp32, separate control) | with (bf16, channels_last, "

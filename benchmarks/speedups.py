@@ -32,7 +32,7 @@ from kdistill.engine import Alongside, Distiller, Images, fit
 from kdistill.models import create_model
 from kdistill.models.fold import fold_batchnorm
 from kdistill.pipeline import environment
-from results_files import write_results
+from results_files import stated, write_results
 
 RESULTS = Path(__file__).parent / "results" / "speedups-cpu"
 
@@ -123,9 +123,7 @@ def control_rows(repeats: int) -> list[dict]:
 
 
 def table(results: dict) -> str:
-    env = results["env"]
-    lines = [f"`{results['command']}` ({env['cpu']}, {env['threads']} threads, torch "
-             f"{env['torch']}, {results['date']}). Medians of {results['repeats']} repeats "
+    lines = [stated(results) + f"Medians of {results['repeats']} repeats "
              "after one warm-up round, variants alternating; ratios within this run.", "",
              "| teacher | memory format | precision | forward pass | ms / batch of 64 | "
              "× no_grad |", "|---|---|---|---|---:|---:|"]
